@@ -1,0 +1,455 @@
+//! Field parsing, validation and cleaning.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDateTime;
+use polars::prelude::*;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::read::{Column, RawTable};
+use crate::{EtlError, Result, Transactions};
+
+/// Parameters of the etl stage (`[etl]` in params.toml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EtlParams {
+    /// Stock codes matching this regex are products; others (postage, fees,
+    /// vouchers, manual adjustments) are dropped as non-products.
+    pub product_code_pattern: String,
+    /// Stock codes dropped even if they match the pattern (the original's list).
+    pub excluded_stock_codes: Vec<String>,
+}
+
+impl Default for EtlParams {
+    fn default() -> Self {
+        Self {
+            product_code_pattern: r"^([0-9]{5}[A-Za-z]{0,2}|DCGS[0-9A-Za-z]+)$".into(),
+            excluded_stock_codes: ["B", "CRUK", "C2", "D", "S", "M", "m"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// Why a row was dropped; each row is counted under its first reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropReason {
+    /// Invoice number starts with `C`.
+    Cancellation,
+    /// Quantity ≤ 0 (returns, write-offs).
+    NonPositiveQuantity,
+    /// Price ≤ 0 (free items, bad-debt adjustments).
+    NonPositivePrice,
+    /// Not a product: postage, fees, vouchers, manual lines.
+    NonProductCode,
+}
+
+impl DropReason {
+    /// The snake_case name used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Cancellation => "cancellation",
+            DropReason::NonPositiveQuantity => "non_positive_quantity",
+            DropReason::NonPositivePrice => "non_positive_price",
+            DropReason::NonProductCode => "non_product_code",
+        }
+    }
+}
+
+/// What the etl stage saw and did; becomes its metrics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EtlReport {
+    /// Data rows read.
+    pub rows_in: u64,
+    /// Rows kept.
+    pub rows_out: u64,
+    /// Rows dropped, by reason.
+    pub dropped: BTreeMap<String, u64>,
+    /// Optional fields that were empty or unparsable, by `column:problem`.
+    pub optional_field_issues: BTreeMap<String, u64>,
+    /// The most frequent non-product stock codes dropped (code, rows).
+    pub top_non_product_codes: Vec<(String, u64)>,
+    /// The date format recognised.
+    pub date_format: String,
+    /// First and last invoice date kept.
+    pub date_min: String,
+    /// Last invoice date kept.
+    pub date_max: String,
+    /// Distinct products kept.
+    pub products: u64,
+    /// Distinct registered customers kept.
+    pub customers: u64,
+    /// Distinct countries kept.
+    pub countries: u64,
+}
+
+const DATE_FORMATS: [&str; 6] = [
+    "%Y-%m-%d %H:%M:%S",
+    "%Y-%m-%d %H:%M",
+    "%Y-%m-%dT%H:%M:%S",
+    "%m/%d/%Y %H:%M",
+    "%d/%m/%Y %H:%M",
+    "%m/%d/%Y %H:%M:%S",
+];
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Calendar fields of a timestamp in microseconds since the epoch:
+/// `(year, month 1-12, day 1-31, day of week 0 = Monday)`.
+///
+/// ```
+/// // 2010-12-01 08:26:00 was a Wednesday.
+/// assert_eq!(etl::civil_from_micros(1_291_191_960_000_000), (2010, 12, 1, 2));
+/// ```
+pub fn civil_from_micros(us: i64) -> (i32, u32, u32, u32) {
+    let days = us.div_euclid(86_400_000_000);
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let dow = (days + 3).rem_euclid(7);
+    (y as i32, m as u32, d as u32, dow as u32)
+}
+
+/// Microseconds since the epoch of midnight on a date.
+pub fn micros_from_civil(y: i32, m: u32, d: u32) -> i64 {
+    days_from_civil(i64::from(y), i64::from(m), i64::from(d)) * 86_400_000_000
+}
+
+fn digits(b: &[u8]) -> Option<i64> {
+    let mut v = 0i64;
+    for &c in b {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// Fast path for `YYYY-MM-DD HH:MM:SS` (the dataset's format): microseconds since epoch.
+fn parse_iso_fast(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() != 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
+    let (h, mi, se) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let max_day = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > max_day || h > 23 || mi > 59 || se > 59 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    Some(((days * 24 + h) * 60 + mi) * 60_000_000 + se * 1_000_000)
+}
+
+fn parse_date(s: &str, format: &str) -> Option<i64> {
+    let s = s.trim();
+    if format == DATE_FORMATS[0]
+        && let Some(v) = parse_iso_fast(s)
+    {
+        return Some(v);
+    }
+    NaiveDateTime::parse_from_str(s, format)
+        .ok()
+        .map(|dt| dt.and_utc().timestamp_micros())
+}
+
+/// Formats microseconds since epoch as `YYYY-MM-DD HH:MM:SS`.
+pub fn format_micros(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|d| d.naive_utc().format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default()
+}
+
+fn parse_integral(s: &str) -> Option<i64> {
+    let t = s.trim();
+    if let Ok(v) = t.parse::<i64>() {
+        return Some(v);
+    }
+    let f: f64 = t.parse().ok()?;
+    if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 {
+        Some(f as i64)
+    } else {
+        None
+    }
+}
+
+fn parse_price(s: &str) -> Option<f64> {
+    s.trim().parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+struct DateColumn {
+    values: Vec<i64>,
+    format: &'static str,
+}
+
+fn parse_dates(raw: &RawTable, col: &StringChunked) -> Result<DateColumn> {
+    let mut best: Option<(usize, usize, &'static str)> = None; // (parsed, first_bad_row, format)
+    for format in DATE_FORMATS {
+        let mut values = Vec::with_capacity(col.len());
+        let mut bad: Option<usize> = None;
+        for (i, v) in col.iter().enumerate() {
+            match v.and_then(|s| parse_date(s, format)) {
+                Some(t) => values.push(t),
+                None => {
+                    bad = Some(i);
+                    break;
+                }
+            }
+        }
+        match bad {
+            None => return Ok(DateColumn { values, format }),
+            Some(row) => {
+                if best.is_none_or(|(n, _, _)| row > n) {
+                    best = Some((row, row, format));
+                }
+            }
+        }
+    }
+    let (_, row, _) = best.unwrap_or((0, 0, DATE_FORMATS[0]));
+    let value = col.get(row).unwrap_or("");
+    Err(raw.field_error(
+        row,
+        Column::InvoiceDate,
+        value,
+        &format!(
+            "not a date/time in any accepted format ({})",
+            DATE_FORMATS.join(", ")
+        ),
+    ))
+}
+
+fn required_str<'a>(raw: &'a RawTable, column: Column) -> Result<&'a StringChunked> {
+    raw.strings(column)?.ok_or_else(|| EtlError::MissingColumn {
+        file: raw.file.clone(),
+        column: column.name(),
+        accepted: column.aliases().join(", "),
+        found: String::new(),
+    })
+}
+
+/// Validates every field, drops non-sales rows and returns the typed table
+/// with a report of what was dropped and why.
+pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlReport)> {
+    let pattern = Regex::new(&params.product_code_pattern)
+        .map_err(|e| EtlError::Params(format!("product_code_pattern: {e}")))?;
+    let excluded: std::collections::HashSet<&str> =
+        params.excluded_stock_codes.iter().map(|s| s.as_str()).collect();
+
+    let n = raw.height();
+    let invoice = required_str(raw, Column::InvoiceNo)?;
+    let stock = required_str(raw, Column::StockCode)?;
+    let qty_s = required_str(raw, Column::Quantity)?;
+    let price_s = required_str(raw, Column::UnitPrice)?;
+    let date_s = required_str(raw, Column::InvoiceDate)?;
+    let desc_s = raw.strings(Column::Description)?;
+    let cust_s = raw.strings(Column::CustomerId)?;
+    let country_s = raw.strings(Column::Country)?;
+
+    let dates = parse_dates(raw, date_s)?;
+
+    let mut report = EtlReport {
+        rows_in: n as u64,
+        date_format: dates.format.to_string(),
+        ..Default::default()
+    };
+    let mut dropped: BTreeMap<DropReason, u64> = BTreeMap::new();
+    let mut non_product: HashMap<&str, u64> = HashMap::new();
+    let mut issues: BTreeMap<String, u64> = BTreeMap::new();
+
+    let mut keep_invoice = Vec::with_capacity(n);
+    let mut keep_stock = Vec::with_capacity(n);
+    let mut keep_desc: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut keep_qty = Vec::with_capacity(n);
+    let mut keep_ts = Vec::with_capacity(n);
+    let mut keep_price = Vec::with_capacity(n);
+    let mut keep_cust: Vec<Option<i64>> = Vec::with_capacity(n);
+    let mut keep_country: Vec<&str> = Vec::with_capacity(n);
+
+    let mut desc_iter = desc_s.map(|c| c.iter());
+    let mut cust_iter = cust_s.map(|c| c.iter());
+    let mut country_iter = country_s.map(|c| c.iter());
+
+    for (row, (((inv, sc), q), p)) in invoice
+        .iter()
+        .zip(stock.iter())
+        .zip(qty_s.iter())
+        .zip(price_s.iter())
+        .enumerate()
+    {
+        let desc = desc_iter.as_mut().and_then(|it| it.next().flatten());
+        let cust = cust_iter.as_mut().and_then(|it| it.next().flatten());
+        let country = country_iter.as_mut().and_then(|it| it.next().flatten());
+
+        let inv = inv.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
+            raw.field_error(row, Column::InvoiceNo, "", "empty invoice number")
+        })?;
+        let sc = sc.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
+            raw.field_error(row, Column::StockCode, "", "empty stock code")
+        })?;
+        let q_text = q.unwrap_or("");
+        let qty = parse_integral(q_text).ok_or_else(|| {
+            raw.field_error(row, Column::Quantity, q_text, "not an integer quantity")
+        })?;
+        let p_text = p.unwrap_or("");
+        let price = parse_price(p_text).ok_or_else(|| {
+            raw.field_error(row, Column::UnitPrice, p_text, "not a finite number")
+        })?;
+
+        let customer = match cust.map(str::trim) {
+            None | Some("") => {
+                *issues.entry("customer_id:missing".into()).or_default() += 1;
+                None
+            }
+            Some(t) => match parse_integral(t) {
+                Some(v) => Some(v),
+                None => {
+                    *issues.entry("customer_id:unparsable".into()).or_default() += 1;
+                    None
+                }
+            },
+        };
+        let country = match country.map(str::trim) {
+            None | Some("") => {
+                *issues.entry("country:missing".into()).or_default() += 1;
+                "Unspecified"
+            }
+            Some(c) => c,
+        };
+        if desc.is_none_or(|d| d.trim().is_empty()) {
+            *issues.entry("description:missing".into()).or_default() += 1;
+        }
+
+        let reason = if inv.starts_with(['C', 'c']) {
+            Some(DropReason::Cancellation)
+        } else if qty <= 0 {
+            Some(DropReason::NonPositiveQuantity)
+        } else if price <= 0.0 {
+            Some(DropReason::NonPositivePrice)
+        } else if excluded.contains(sc) || !pattern.is_match(sc) {
+            *non_product.entry(sc).or_default() += 1;
+            Some(DropReason::NonProductCode)
+        } else {
+            None
+        };
+        if let Some(r) = reason {
+            *dropped.entry(r).or_default() += 1;
+            continue;
+        }
+        keep_invoice.push(inv);
+        keep_stock.push(sc);
+        keep_desc.push(desc.map(str::trim));
+        keep_qty.push(qty);
+        keep_ts.push(dates.values[row]);
+        keep_price.push(price);
+        keep_cust.push(customer);
+        keep_country.push(country);
+    }
+
+    for r in [
+        DropReason::Cancellation,
+        DropReason::NonPositiveQuantity,
+        DropReason::NonPositivePrice,
+        DropReason::NonProductCode,
+    ] {
+        report
+            .dropped
+            .insert(r.name().into(), dropped.get(&r).copied().unwrap_or(0));
+    }
+    report.optional_field_issues = issues;
+    let mut codes: Vec<(String, u64)> = non_product
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    codes.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    codes.truncate(20);
+    report.top_non_product_codes = codes;
+    report.rows_out = keep_invoice.len() as u64;
+    if let (Some(min), Some(max)) = (keep_ts.iter().min(), keep_ts.iter().max()) {
+        report.date_min = format_micros(*min);
+        report.date_max = format_micros(*max);
+    }
+    report.products = keep_stock
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    report.customers = keep_cust
+        .iter()
+        .flatten()
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+    report.countries = keep_country
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len() as u64;
+
+    let tx = Transactions::from_columns(
+        keep_invoice,
+        keep_stock,
+        keep_desc,
+        keep_qty,
+        keep_ts,
+        keep_price,
+        keep_cust,
+        keep_country,
+    )?;
+    Ok((tx, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_fast_path_agrees_with_chrono() {
+        for s in ["2010-12-01 08:26:00", "2011-02-28 23:59:59", "2012-02-29 00:00:00"] {
+            let slow = NaiveDateTime::parse_from_str(s, DATE_FORMATS[0])
+                .map(|d| d.and_utc().timestamp_micros())
+                .ok();
+            assert_eq!(parse_iso_fast(s), slow, "{s}");
+        }
+        assert_eq!(parse_iso_fast("2011-02-29 00:00:00"), None);
+        assert_eq!(parse_iso_fast("2011-13-01 00:00:00"), None);
+    }
+
+    #[test]
+    fn civil_round_trip() {
+        for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (2010, 12, 1), (2011, 12, 9)] {
+            let us = micros_from_civil(y, m, d);
+            let (y2, m2, d2, _) = civil_from_micros(us);
+            assert_eq!((y, m, d), (y2, m2, d2));
+        }
+        assert_eq!(civil_from_micros(0).3, 3, "1970-01-01 was a Thursday");
+    }
+
+    #[test]
+    fn integral_parsing_accepts_float_spelling() {
+        assert_eq!(parse_integral("17850.0"), Some(17850));
+        assert_eq!(parse_integral(" 6 "), Some(6));
+        assert_eq!(parse_integral("6.5"), None);
+        assert_eq!(parse_integral("six"), None);
+    }
+}

@@ -1,0 +1,634 @@
+//! Leak-free feature engineering.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use etl::{Transactions, civil_from_micros, format_micros, micros_from_civil};
+use polars::prelude::DataFrame;
+use serde::{Deserialize, Serialize};
+
+use crate::table::{FeatureTable, NUMERIC_FEATURES, ProductContexts, ProductSummary, SummaryRow};
+use crate::{FeatureError, Result};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// How to cut time into train / validation / test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+pub enum SplitRule {
+    /// By share of rows in time order; rows with equal timestamps stay together.
+    Fraction {
+        /// Share of rows for training.
+        train: f64,
+        /// Share of rows for validation (the rest is test).
+        val: f64,
+    },
+    /// By date: train before `train_end`, validation before `val_end`, test after.
+    Date {
+        /// `YYYY-MM-DD`, exclusive end of training.
+        train_end: String,
+        /// `YYYY-MM-DD`, exclusive end of validation.
+        val_end: String,
+    },
+}
+
+/// Parameters of the features stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureParams {
+    /// Look-back window of the customer features, in days.
+    pub customer_window_days: i64,
+    /// Recent sales rows kept per product for serving contexts.
+    pub recent_contexts: usize,
+    /// Where training ends (reference prices and popularity use training rows only).
+    pub split: SplitRule,
+}
+
+impl Default for FeatureParams {
+    fn default() -> Self {
+        Self {
+            customer_window_days: 365,
+            recent_contexts: 50,
+            split: SplitRule::Fraction {
+                train: 0.7,
+                val: 0.15,
+            },
+        }
+    }
+}
+
+/// Time boundaries of the split, fixed by the features stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainWindow {
+    /// First timestamp (μs).
+    pub start: i64,
+    /// Exclusive end of training (μs).
+    pub train_end: i64,
+    /// Exclusive end of validation (μs).
+    pub val_end: i64,
+    /// Last timestamp (μs).
+    pub end: i64,
+    /// The same, readable.
+    pub readable: BTreeMap<String, String>,
+}
+
+impl TrainWindow {
+    fn new(start: i64, train_end: i64, val_end: i64, end: i64) -> Self {
+        let readable = [
+            ("start", start),
+            ("train_end", train_end),
+            ("val_end", val_end),
+            ("end", end),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), format_micros(v)))
+        .collect();
+        Self {
+            start,
+            train_end,
+            val_end,
+            end,
+            readable,
+        }
+    }
+
+    /// 0 = train, 1 = validation, 2 = test.
+    pub fn part_of(&self, ts: i64) -> usize {
+        if ts < self.train_end {
+            0
+        } else if ts < self.val_end {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+/// A product's reference prices, from the training window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PriceRef {
+    /// Max training price (NaN when the product has none).
+    pub max: f64,
+    /// Mean training price.
+    pub mean: f64,
+    /// Median training price.
+    pub median: f64,
+}
+
+/// The price-derived features `(rel_max, rel_mean, rel_median, squared, log1p)`.
+/// A product without training-window prices gets neutral ratios of 1.
+///
+/// ```
+/// let r = features::PriceRef { max: 4.0, mean: 2.0, median: 2.0 };
+/// let (rel_max, rel_mean, _, sq, _) = features::price_features(2.0, &r);
+/// assert_eq!((rel_max, rel_mean, sq), (0.5, 1.0, 4.0));
+/// ```
+pub fn price_features(price: f64, reference: &PriceRef) -> (f64, f64, f64, f64, f64) {
+    let rel = |r: f64| if r.is_finite() && r > 0.0 { price / r } else { 1.0 };
+    (
+        rel(reference.max),
+        rel(reference.mean),
+        rel(reference.median),
+        price * price,
+        price.ln_1p(),
+    )
+}
+
+/// What the features stage reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FeatureReport {
+    /// Rows in.
+    pub rows_in: u64,
+    /// Rows out.
+    pub rows_out: u64,
+    /// Products in the output.
+    pub products: u64,
+    /// Products with no training-window sale (neutral price ratios).
+    pub products_without_train_prices: u64,
+    /// Share of rows from registered customers.
+    pub registered_share: f64,
+    /// Share of rows whose product sold in the previous calendar month.
+    pub prev_month_known_share: f64,
+    /// Time boundaries.
+    pub window: BTreeMap<String, String>,
+    /// Rows per part under the window (train, val, test).
+    pub rows_per_part: [u64; 3],
+}
+
+/// Everything the features stage produces.
+#[derive(Debug, Clone)]
+pub struct FeatureOutputs {
+    /// Row-level features.
+    pub table: FeatureTable,
+    /// One row per product.
+    pub summary: ProductSummary,
+    /// Recent contexts per product.
+    pub contexts: ProductContexts,
+    /// The split boundaries.
+    pub window: TrainWindow,
+    /// Metrics.
+    pub report: FeatureReport,
+}
+
+fn parse_day(s: &str, key: &str) -> Result<i64> {
+    let bad = || FeatureError::Params(format!("split.{key} must be YYYY-MM-DD, found {s:?}"));
+    let parts: Vec<&str> = s.trim().split('-').collect();
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let y: i32 = parts[0].parse().map_err(|_| bad())?;
+    let m: u32 = parts[1].parse().map_err(|_| bad())?;
+    let d: u32 = parts[2].parse().map_err(|_| bad())?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    Ok(micros_from_civil(y, m, d))
+}
+
+fn window_for(sorted_ts: &[i64], rule: &SplitRule) -> Result<TrainWindow> {
+    let (Some(&start), Some(&end)) = (sorted_ts.first(), sorted_ts.last()) else {
+        return Err(FeatureError::NoData("no transactions to split".into()));
+    };
+    let (train_end, val_end) = match rule {
+        SplitRule::Fraction { train, val } => {
+            if !(*train > 0.0 && *val >= 0.0 && train + val < 1.0) {
+                return Err(FeatureError::Params(format!(
+                    "split fractions must satisfy 0 < train, 0 <= val, train + val < 1 (train = {train}, val = {val})"
+                )));
+            }
+            let n = sorted_ts.len();
+            let at = |f: f64| sorted_ts[((n as f64 * f) as usize).min(n - 1)];
+            (at(*train), at(train + val))
+        }
+        SplitRule::Date { train_end, val_end } => {
+            let (t, v) = (parse_day(train_end, "train_end")?, parse_day(val_end, "val_end")?);
+            if t >= v {
+                return Err(FeatureError::Params(format!(
+                    "split.train_end ({train_end}) must be before split.val_end ({val_end})"
+                )));
+            }
+            (t, v)
+        }
+    };
+    if train_end <= start {
+        return Err(FeatureError::Params(format!(
+            "the training window is empty: it ends at {} and the data starts at {}",
+            format_micros(train_end),
+            format_micros(start)
+        )));
+    }
+    Ok(TrainWindow::new(start, train_end, val_end, end))
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn quantile_sorted(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+fn year_month(ts: i64) -> i32 {
+    let (y, m, _, _) = civil_from_micros(ts);
+    y * 12 + m as i32 - 1
+}
+
+fn mode<'a>(counts: &HashMap<&'a str, u32>) -> &'a str {
+    counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
+        .map(|(k, _)| *k)
+        .unwrap_or("")
+}
+
+/// Per-customer invoice history: sorted timestamps and prefix sums of spend.
+struct CustomerHistory {
+    ts: Vec<i64>,
+    spend_prefix: Vec<f64>,
+}
+
+/// Builds features, the product summary, recent contexts and the train window.
+///
+/// No feature of a row uses information from after that row, except the
+/// training-window reference prices and popularity, which use only rows before
+/// `window.train_end`, as a fitted preprocessor would.
+/// With `stockcode`, only that product's rows are output (customer histories
+/// still use every product).
+pub fn build_features(
+    tx: &Transactions,
+    params: &FeatureParams,
+    stockcode: Option<&str>,
+) -> Result<FeatureOutputs> {
+    if params.customer_window_days <= 0 {
+        return Err(FeatureError::Params(
+            "features.customer_window_days must be > 0".into(),
+        ));
+    }
+    let v = tx.view()?;
+    let n = tx.len();
+    if n == 0 {
+        return Err(FeatureError::NoData("the transactions table is empty".into()));
+    }
+
+    // Time order (stable on ties).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| v.ts[i]);
+
+    // Product ids.
+    let mut product_ids: HashMap<&str, u32> = HashMap::new();
+    let pid: Vec<u32> = v
+        .stock_code
+        .iter()
+        .map(|c| {
+            let next = product_ids.len() as u32;
+            *product_ids.entry(c).or_insert(next)
+        })
+        .collect();
+    let n_products = product_ids.len();
+    let selected: Option<u32> = match stockcode {
+        None => None,
+        Some(code) => Some(*product_ids.get(code).ok_or_else(|| {
+            FeatureError::NoData(format!("stock code {code:?} has no sales after cleaning"))
+        })?),
+    };
+    let keep = |i: usize| selected.is_none_or(|p| pid[i] == p);
+    let out_order: Vec<usize> = order.iter().copied().filter(|&i| keep(i)).collect();
+    let out_ts: Vec<i64> = out_order.iter().map(|&i| v.ts[i]).collect();
+    let window = window_for(&out_ts, &params.split)?;
+
+    // Monthly quantity per product.
+    let mut monthly: HashMap<(u32, i32), f64> = HashMap::new();
+    let ym: Vec<i32> = v.ts.iter().map(|&t| year_month(t)).collect();
+    for i in 0..n {
+        *monthly.entry((pid[i], ym[i])).or_default() += v.quantity[i] as f64;
+    }
+
+    // Training-window reference prices and popularity.
+    let mut train_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
+    let mut train_invoices: HashSet<(u32, &str)> = HashSet::new();
+    let mut all_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
+    for i in 0..n {
+        all_prices[pid[i] as usize].push(v.unit_price[i]);
+        if v.ts[i] < window.train_end {
+            train_prices[pid[i] as usize].push(v.unit_price[i]);
+            train_invoices.insert((pid[i], v.invoice_no[i]));
+        }
+    }
+    let mut popularity = vec![0.0f64; n_products];
+    for (p, _) in &train_invoices {
+        popularity[*p as usize] += 1.0;
+    }
+    for p in popularity.iter_mut() {
+        *p = p.ln_1p();
+    }
+    let refs: Vec<PriceRef> = train_prices
+        .iter_mut()
+        .map(|prices| {
+            prices.sort_by(f64::total_cmp);
+            if prices.is_empty() {
+                PriceRef {
+                    max: f64::NAN,
+                    mean: f64::NAN,
+                    median: f64::NAN,
+                }
+            } else {
+                PriceRef {
+                    max: prices[prices.len() - 1],
+                    mean: prices.iter().sum::<f64>() / prices.len() as f64,
+                    median: median_sorted(prices),
+                }
+            }
+        })
+        .collect();
+
+    // Customer histories at invoice level: (ts, spend), sorted.
+    let mut invoice_agg: HashMap<&str, (i64, i64, f64)> = HashMap::new();
+    for i in 0..n {
+        if let Some(c) = v.customer_id[i] {
+            let e = invoice_agg.entry(v.invoice_no[i]).or_insert((c, v.ts[i], 0.0));
+            e.2 += v.quantity[i] as f64 * v.unit_price[i];
+        }
+    }
+    let mut per_customer: HashMap<i64, Vec<(i64, f64)>> = HashMap::new();
+    for (c, t, s) in invoice_agg.into_values() {
+        per_customer.entry(c).or_default().push((t, s));
+    }
+    let histories: HashMap<i64, CustomerHistory> = per_customer
+        .into_iter()
+        .map(|(c, mut inv)| {
+            inv.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            let mut prefix = Vec::with_capacity(inv.len() + 1);
+            prefix.push(0.0);
+            let mut acc = 0.0;
+            for (_, s) in &inv {
+                acc += s;
+                prefix.push(acc);
+            }
+            (
+                c,
+                CustomerHistory {
+                    ts: inv.iter().map(|x| x.0).collect(),
+                    spend_prefix: prefix,
+                },
+            )
+        })
+        .collect();
+    let window_us = params.customer_window_days * MICROS_PER_DAY;
+    let window_days = params.customer_window_days as f64;
+
+    // Row features, in time order.
+    let m = out_order.len();
+    let mut numeric: Vec<Vec<f64>> = (0..NUMERIC_FEATURES.len())
+        .map(|_| Vec::with_capacity(m))
+        .collect();
+    let mut prev_known = 0usize;
+    let mut registered = 0usize;
+    let mut rows_per_part = [0u64; 3];
+    for &i in &out_order {
+        let t = v.ts[i];
+        let p = pid[i];
+        let price = v.unit_price[i];
+        let (y, mo, _, dow) = civil_from_micros(t);
+        let prev = monthly.get(&(p, ym[i] - 1)).copied().unwrap_or(0.0);
+        if prev > 0.0 {
+            prev_known += 1;
+        }
+        let (rel_max, rel_mean, rel_median, sq, lp) = price_features(price, &refs[p as usize]);
+        let (reg, recency, freq, monetary) = match v.customer_id[i] {
+            None => (0.0, window_days, 0.0, 0.0),
+            Some(c) => {
+                registered += 1;
+                match histories.get(&c) {
+                    None => (1.0, window_days, 0.0, 0.0),
+                    Some(h) => {
+                        let hi = h.ts.partition_point(|&x| x < t);
+                        let lo = h.ts.partition_point(|&x| x < t - window_us);
+                        if hi > lo {
+                            let recency = (t - h.ts[hi - 1]) as f64 / MICROS_PER_DAY as f64;
+                            (
+                                1.0,
+                                recency,
+                                (hi - lo) as f64,
+                                h.spend_prefix[hi] - h.spend_prefix[lo],
+                            )
+                        } else {
+                            (1.0, window_days, 0.0, 0.0)
+                        }
+                    }
+                }
+            }
+        };
+        rows_per_part[window.part_of(t)] += 1;
+        let values = [
+            price,
+            f64::from(y),
+            f64::from(mo),
+            f64::from(dow),
+            prev,
+            rel_max,
+            rel_mean,
+            rel_median,
+            sq,
+            lp,
+            popularity[p as usize],
+            reg,
+            recency,
+            freq,
+            monetary,
+            (v.quantity[i] as f64).ln_1p(),
+        ];
+        for (col, value) in numeric.iter_mut().zip(values) {
+            col.push(value);
+        }
+    }
+
+    let table = FeatureTable::from_parts(
+        out_order.iter().map(|&i| v.invoice_no[i]).collect(),
+        out_order.iter().map(|&i| v.stock_code[i]).collect(),
+        out_ts.clone(),
+        out_order.iter().map(|&i| v.customer_id[i]).collect(),
+        out_order.iter().map(|&i| v.country[i]).collect(),
+        out_order.iter().map(|&i| v.quantity[i]).collect(),
+        numeric,
+    )?;
+
+    // Per-product summary and recent contexts (output products only).
+    let last_ym = ym.iter().copied().max().unwrap_or(0);
+    let mut per_product_rows: Vec<Vec<usize>> = vec![Vec::new(); n_products];
+    for (row, &i) in out_order.iter().enumerate() {
+        per_product_rows[pid[i] as usize].push(row);
+    }
+    let mut summary_rows = Vec::new();
+    let mut context_rows: Vec<usize> = Vec::new();
+    let mut without_train = 0u64;
+    for (code, &p) in &product_ids {
+        let rows = &per_product_rows[p as usize];
+        if rows.is_empty() {
+            continue;
+        }
+        let mut desc: HashMap<&str, u32> = HashMap::new();
+        let mut country: HashMap<&str, u32> = HashMap::new();
+        let mut invoices: HashSet<&str> = HashSet::new();
+        for &r in rows {
+            let i = out_order[r];
+            if let Some(d) = v.description[i].filter(|d| !d.is_empty()) {
+                *desc.entry(d).or_default() += 1;
+            }
+            *country.entry(v.country[i]).or_default() += 1;
+            invoices.insert(v.invoice_no[i]);
+        }
+        let prices = &mut all_prices[p as usize];
+        prices.sort_by(f64::total_cmp);
+        let reference = refs[p as usize];
+        if reference.max.is_nan() {
+            without_train += 1;
+        }
+        summary_rows.push(SummaryRow {
+            stock_code: code.to_string(),
+            description: mode(&desc).to_string(),
+            n_lines: rows.len() as f64,
+            n_invoices: invoices.len() as f64,
+            price_min: prices.first().copied().unwrap_or(f64::NAN),
+            price_p05: quantile_sorted(prices, 0.05),
+            price_median: median_sorted(prices),
+            price_p95: quantile_sorted(prices, 0.95),
+            price_max: prices.last().copied().unwrap_or(f64::NAN),
+            ref_price_max: reference.max,
+            ref_price_mean: reference.mean,
+            ref_price_median: reference.median,
+            popularity: popularity[p as usize],
+            usual_country: mode(&country).to_string(),
+            last_month_quantity: monthly.get(&(p, last_ym)).copied().unwrap_or(0.0),
+            first_seen: out_ts[rows[0]],
+            last_seen: out_ts[rows[rows.len() - 1]],
+        });
+        let k = params.recent_contexts.min(rows.len());
+        context_rows.extend_from_slice(&rows[rows.len() - k..]);
+    }
+    summary_rows.sort_by(|a, b| a.stock_code.cmp(&b.stock_code));
+    let codes_out = table.stock_codes()?;
+    context_rows.sort_by(|&a, &b| codes_out[a].cmp(codes_out[b]).then(a.cmp(&b)));
+    let idx = polars::prelude::IdxCa::from_vec(
+        "idx".into(),
+        context_rows
+            .iter()
+            .map(|&r| r as polars::prelude::IdxSize)
+            .collect(),
+    );
+    let context_df: DataFrame = table.dataframe().take(&idx)?;
+    let contexts = ProductContexts {
+        table: FeatureTable::from_dataframe(context_df)?,
+    };
+
+    let report = FeatureReport {
+        rows_in: n as u64,
+        rows_out: m as u64,
+        products: summary_rows.len() as u64,
+        products_without_train_prices: without_train,
+        registered_share: registered as f64 / m.max(1) as f64,
+        prev_month_known_share: prev_known as f64 / m.max(1) as f64,
+        window: window.readable.clone(),
+        rows_per_part,
+    };
+    Ok(FeatureOutputs {
+        table,
+        summary: ProductSummary { rows: summary_rows },
+        contexts,
+        window,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(rows: &[(&str, &str, i64, &str, f64, Option<i64>)]) -> Transactions {
+        let ts: Vec<i64> = rows
+            .iter()
+            .map(|r| {
+                let p: Vec<u32> = r.3.split('-').map(|x| x.parse().unwrap_or(1)).collect();
+                micros_from_civil(p[0] as i32, p[1], p[2]) + 10 * 3_600_000_000
+            })
+            .collect();
+        Transactions::from_columns(
+            rows.iter().map(|r| r.0).collect(),
+            rows.iter().map(|r| r.1).collect(),
+            rows.iter().map(|_| Some("X")).collect(),
+            rows.iter().map(|r| r.2).collect(),
+            ts,
+            rows.iter().map(|r| r.4).collect(),
+            rows.iter().map(|r| r.5).collect(),
+            rows.iter().map(|_| "United Kingdom").collect(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn previous_month_quantity_never_uses_the_current_month() {
+        let t = tx(&[
+            ("1", "A", 5, "2011-01-10", 1.0, None),
+            ("2", "A", 7, "2011-02-03", 1.0, None),
+            ("3", "A", 100, "2011-02-20", 1.0, None),
+            ("4", "A", 1, "2011-03-01", 1.0, None),
+        ]);
+        let p = FeatureParams {
+            split: SplitRule::Fraction { train: 0.5, val: 0.25 },
+            ..Default::default()
+        };
+        let out = build_features(&t, &p, None).unwrap_or_else(|e| panic!("{e}"));
+        let prev = out.table.numeric("prev_month_quantity").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(prev, &[0.0, 5.0, 5.0, 107.0]);
+    }
+
+    #[test]
+    fn customer_features_look_only_backwards() {
+        let t = tx(&[
+            ("1", "A", 2, "2011-01-01", 3.0, Some(7)),
+            ("2", "A", 1, "2011-01-11", 4.0, Some(7)),
+            ("2", "B", 1, "2011-01-11", 6.0, Some(7)),
+            ("3", "A", 1, "2012-01-05", 4.0, Some(7)),
+        ]);
+        let out = build_features(&t, &FeatureParams::default(), None).unwrap_or_else(|e| panic!("{e}"));
+        let f = out.table.numeric("cust_frequency").unwrap_or_else(|e| panic!("{e}"));
+        let m = out.table.numeric("cust_monetary").unwrap_or_else(|e| panic!("{e}"));
+        let r = out.table.numeric("cust_recency_days").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(f, &[0.0, 1.0, 1.0, 1.0], "2011-01-01 is outside the year before 2012-01-05");
+        assert_eq!(m, &[0.0, 6.0, 6.0, 10.0]);
+        assert_eq!(r[1], 10.0);
+        assert_eq!(r[0], 365.0);
+    }
+
+    #[test]
+    fn reference_prices_come_from_the_training_window_only() {
+        let t = tx(&[
+            ("1", "A", 1, "2011-01-01", 2.0, None),
+            ("2", "A", 1, "2011-01-02", 4.0, None),
+            ("3", "A", 1, "2011-06-01", 100.0, None),
+            ("4", "A", 1, "2011-07-01", 100.0, None),
+        ]);
+        let p = FeatureParams {
+            split: SplitRule::Date {
+                train_end: "2011-02-01".into(),
+                val_end: "2011-06-15".into(),
+            },
+            ..Default::default()
+        };
+        let out = build_features(&t, &p, None).unwrap_or_else(|e| panic!("{e}"));
+        let rel = out.table.numeric("price_rel_max").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rel, &[0.5, 1.0, 25.0, 25.0]);
+        assert_eq!(out.summary.rows[0].price_max, 100.0);
+        assert_eq!(out.summary.rows[0].ref_price_max, 4.0);
+    }
+}

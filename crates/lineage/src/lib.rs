@@ -1,0 +1,115 @@
+//! Data lineage and the artifact store — what DVC did for the Python original.
+//!
+//! A pipeline is a DAG of [`StageDef`]s. Each declares its dependencies (input
+//! files and upstream artifacts), the `params.toml` keys it reads, its outputs
+//! and a code version. The [`Runner`] runs a stage only when something it
+//! depends on changed, records what it saw in a [`LockFile`] *after* the stage
+//! succeeded, and skips it otherwise. Artifacts go to an [`ArtifactStore`]:
+//! a local directory ([`LocalStore`]) or S3 ([`S3Store`]).
+//!
+//! ```
+//! use lineage::{ArtifactStore, LocalStore};
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = LocalStore::new(dir.path()).unwrap();
+//! let hash = store.put("etl/metrics.json", b"{}").unwrap();
+//! assert_eq!(store.hash("etl/metrics.json").unwrap(), Some(hash));
+//! ```
+
+mod lock;
+mod params;
+mod runner;
+mod store;
+
+use std::path::Path;
+
+pub use lock::{LOCK_KEY, LockFile, StageLock};
+pub use params::Params;
+pub use runner::{Dep, Reason, Runner, StageDef, StageOutcome, StageReport, StageWriter};
+pub use store::{
+    ArtifactStore, LocalStore, S3Config, S3Store, open_store, validate_key, write_atomic,
+};
+
+/// Errors of the lineage crate.
+#[derive(Debug, thiserror::Error)]
+pub enum LineageError {
+    /// A file-system operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The key names no object in the store.
+    #[error("artifact `{0}` not found")]
+    NotFound(String),
+    /// The key is not a safe relative path.
+    #[error("invalid artifact key `{key}`: {reason}")]
+    InvalidKey {
+        /// The rejected key.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// An S3 request failed.
+    #[error("S3: {0}")]
+    S3(String),
+    /// The params file or a value in it is invalid.
+    #[error("params: {0}")]
+    Params(String),
+    /// The store or pipeline configuration is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// A lock file could not be parsed.
+    #[error("lock file `{key}` is corrupt: {reason}")]
+    CorruptLock {
+        /// Its key in the store.
+        key: String,
+        /// The parse error.
+        reason: String,
+    },
+    /// A stage wrote an output it did not declare, or missed one it declared.
+    #[error("stage `{stage}`: {reason}")]
+    Contract {
+        /// The stage.
+        stage: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The stage's own code failed.
+    #[error("stage `{stage}` failed: {source}")]
+    Stage {
+        /// The stage.
+        stage: String,
+        /// The stage's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl LineageError {
+    /// Wraps an I/O error with the path involved.
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = LineageError> = std::result::Result<T, E>;
+
+/// The BLAKE3 hash of `bytes`, as lowercase hex: the content hash used in lock files.
+pub fn content_hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
+/// The BLAKE3 hash of a file's content, streamed.
+pub fn file_hash(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| LineageError::io(path, e))?;
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(file)
+        .map_err(|e| LineageError::io(path, e))?;
+    Ok(hasher.finalize().to_hex().to_string())
+}

@@ -1,0 +1,353 @@
+//! Stage definitions, staleness checks and the runner that skips or runs stages.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ArtifactStore, LineageError, LockFile, Params, Result, StageLock, file_hash};
+
+/// Something a stage reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dep {
+    /// A file outside the store (the raw transactions export), hashed by content.
+    File {
+        /// The name recorded in the lock (`raw`).
+        name: String,
+        /// Where it is.
+        path: PathBuf,
+    },
+    /// An artifact in the store written by an upstream stage.
+    Artifact(String),
+}
+
+impl Dep {
+    /// The name this dependency has in the lock file.
+    pub fn name(&self) -> &str {
+        match self {
+            Dep::File { name, .. } => name,
+            Dep::Artifact(key) => key,
+        }
+    }
+}
+
+/// A stage of the pipeline: what it reads and writes.
+#[derive(Debug, Clone)]
+pub struct StageDef {
+    /// Unique name in the lock (`features` or `features@85123A`).
+    pub name: String,
+    /// Files and upstream artifacts it reads.
+    pub deps: Vec<Dep>,
+    /// Dotted `params.toml` keys it reads.
+    pub params: Vec<String>,
+    /// Keys it writes (its metrics file is added by the runner).
+    pub outs: Vec<String>,
+    /// Version of the code that implements it (crate version + source hash).
+    pub code_version: String,
+}
+
+impl StageDef {
+    /// Key of this stage's metrics JSON.
+    pub fn metrics_key(&self) -> String {
+        format!("metrics/{}.json", self.name.replace('@', "="))
+    }
+
+    fn all_outs(&self) -> Vec<String> {
+        let mut outs = self.outs.clone();
+        outs.push(self.metrics_key());
+        outs
+    }
+}
+
+/// Why a stage has to run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reason {
+    /// No successful run is recorded.
+    NeverRun,
+    /// `--force`.
+    Forced,
+    /// The stage's code changed.
+    CodeChanged {
+        /// Recorded version.
+        old: String,
+        /// Current version.
+        new: String,
+    },
+    /// A dependency's content changed.
+    DepChanged(String),
+    /// A dependency does not exist (yet).
+    DepMissing(String),
+    /// A param value changed.
+    ParamChanged {
+        /// The dotted key.
+        key: String,
+        /// Recorded value.
+        old: serde_json::Value,
+        /// Current value.
+        new: serde_json::Value,
+    },
+    /// An output is gone.
+    OutMissing(String),
+    /// An output's content differs from what the stage wrote.
+    OutModified(String),
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::NeverRun => write!(f, "never run"),
+            Reason::Forced => write!(f, "forced"),
+            Reason::CodeChanged { old, new } => write!(f, "code changed ({old} -> {new})"),
+            Reason::DepChanged(d) => write!(f, "dependency changed: {d}"),
+            Reason::DepMissing(d) => write!(f, "dependency missing: {d}"),
+            Reason::ParamChanged { key, old, new } => {
+                write!(f, "param changed: {key} ({old} -> {new})")
+            }
+            Reason::OutMissing(o) => write!(f, "output missing: {o}"),
+            Reason::OutModified(o) => write!(f, "output modified: {o}"),
+        }
+    }
+}
+
+/// What a stage reports when it succeeds; saved as its metrics JSON.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageReport {
+    /// Rows read.
+    pub rows_in: u64,
+    /// Rows written (main output).
+    pub rows_out: u64,
+    /// Stage-specific metrics (counts, shares, scores).
+    pub metrics: serde_json::Value,
+}
+
+/// The result of asking the runner for a stage.
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    /// The stage's name.
+    pub name: String,
+    /// Whether it ran (`false`: skipped, up to date).
+    pub ran: bool,
+    /// Why it ran (empty when skipped).
+    pub reasons: Vec<Reason>,
+    /// Its report (read back from its metrics file when skipped).
+    pub report: StageReport,
+    /// Time spent here (check + run).
+    pub elapsed: Duration,
+}
+
+/// Handed to a running stage: reads artifacts, writes declared outputs.
+pub struct StageWriter<'a> {
+    store: &'a dyn ArtifactStore,
+    def: &'a StageDef,
+    written: BTreeMap<String, String>,
+}
+
+impl StageWriter<'_> {
+    /// Reads an artifact (normally one of the stage's deps).
+    pub fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.store.get(key)
+    }
+
+    /// Writes one of the stage's declared outputs, atomically.
+    pub fn put(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
+        if !self.def.outs.iter().any(|o| o == key) {
+            return Err(LineageError::Contract {
+                stage: self.def.name.clone(),
+                reason: format!("wrote `{key}`, which is not a declared output"),
+            });
+        }
+        let hash = self.store.put(key, bytes)?;
+        self.written.insert(key.to_string(), hash);
+        Ok(())
+    }
+}
+
+/// Runs stages, skipping those whose deps, params, code and outputs are unchanged.
+pub struct Runner<'a> {
+    store: &'a dyn ArtifactStore,
+    params: &'a Params,
+    lock: LockFile,
+    force: bool,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl<'a> Runner<'a> {
+    /// Loads the lock from the store.
+    pub fn new(store: &'a dyn ArtifactStore, params: &'a Params, force: bool) -> Result<Self> {
+        Ok(Self {
+            store,
+            params,
+            lock: LockFile::load(store)?,
+            force,
+        })
+    }
+
+    /// The lock as it stands (updated after each successful stage).
+    pub fn lock(&self) -> &LockFile {
+        &self.lock
+    }
+
+    fn dep_hashes(&self, def: &StageDef) -> Result<(BTreeMap<String, String>, Vec<Reason>)> {
+        let mut hashes = BTreeMap::new();
+        let mut missing = Vec::new();
+        for dep in &def.deps {
+            let hash = match dep {
+                Dep::File { path, .. } => {
+                    if path.exists() {
+                        Some(file_hash(path)?)
+                    } else {
+                        None
+                    }
+                }
+                Dep::Artifact(key) => self.store.hash(key)?,
+            };
+            match hash {
+                Some(h) => {
+                    hashes.insert(dep.name().to_string(), h);
+                }
+                None => missing.push(Reason::DepMissing(dep.name().to_string())),
+            }
+        }
+        Ok((hashes, missing))
+    }
+
+    /// Why `def` must run; empty when it is up to date.
+    pub fn check(&self, def: &StageDef) -> Result<Vec<Reason>> {
+        let (deps, mut reasons) = self.dep_hashes(def)?;
+        let Some(locked) = self.lock.stages.get(&def.name) else {
+            reasons.insert(0, Reason::NeverRun);
+            return Ok(reasons);
+        };
+        if locked.code_version != def.code_version {
+            reasons.push(Reason::CodeChanged {
+                old: locked.code_version.clone(),
+                new: def.code_version.clone(),
+            });
+        }
+        for (name, hash) in &deps {
+            if locked.deps.get(name) != Some(hash) {
+                reasons.push(Reason::DepChanged(name.clone()));
+            }
+        }
+        for (key, value) in self.params.snapshot(&def.params) {
+            let old = locked
+                .params
+                .get(&key)
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            if old != value {
+                reasons.push(Reason::ParamChanged {
+                    key,
+                    old,
+                    new: value,
+                });
+            }
+        }
+        for out in def.all_outs() {
+            match (self.store.hash(&out)?, locked.outs.get(&out)) {
+                (None, _) => reasons.push(Reason::OutMissing(out)),
+                (Some(h), Some(l)) if &h == l => {}
+                (Some(_), _) => reasons.push(Reason::OutModified(out)),
+            }
+        }
+        Ok(reasons)
+    }
+
+    /// Runs `stage` if it is stale (or forced) and records it in the lock.
+    ///
+    /// The lock is written only after the stage returned `Ok` and every declared
+    /// output was written; a failing stage leaves the lock as it was.
+    pub fn run<E>(
+        &mut self,
+        def: &StageDef,
+        stage: impl FnOnce(&mut StageWriter<'_>) -> std::result::Result<StageReport, E>,
+    ) -> Result<StageOutcome>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let mut reasons = self.check(def)?;
+        if self.force && reasons.is_empty() {
+            reasons.push(Reason::Forced);
+        }
+        if reasons.is_empty() {
+            let report = match self.store.get(&def.metrics_key()) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => StageReport::default(),
+            };
+            tracing::info!(stage = %def.name, "up to date, skipped");
+            return Ok(StageOutcome {
+                name: def.name.clone(),
+                ran: false,
+                reasons,
+                report,
+                elapsed: started.elapsed(),
+            });
+        }
+        if let Some(missing) = reasons.iter().find_map(|r| match r {
+            Reason::DepMissing(d) => Some(d.clone()),
+            _ => None,
+        }) {
+            return Err(LineageError::Contract {
+                stage: def.name.clone(),
+                reason: format!("dependency `{missing}` does not exist"),
+            });
+        }
+        for r in &reasons {
+            tracing::info!(stage = %def.name, reason = %r, "will run");
+        }
+        let (deps, _) = self.dep_hashes(def)?;
+        let mut writer = StageWriter {
+            store: self.store,
+            def,
+            written: BTreeMap::new(),
+        };
+        let report = stage(&mut writer).map_err(|e| LineageError::Stage {
+            stage: def.name.clone(),
+            source: e.into(),
+        })?;
+        let mut metrics = serde_json::to_vec_pretty(&report).map_err(|e| LineageError::Contract {
+            stage: def.name.clone(),
+            reason: format!("metrics are not serialisable: {e}"),
+        })?;
+        metrics.push(b'\n');
+        let metrics_hash = self.store.put(&def.metrics_key(), &metrics)?;
+        let mut outs = std::mem::take(&mut writer.written);
+        outs.insert(def.metrics_key(), metrics_hash);
+        if let Some(missing) = def.outs.iter().find(|o| !outs.contains_key(*o)) {
+            return Err(LineageError::Contract {
+                stage: def.name.clone(),
+                reason: format!("declared output `{missing}` was not written"),
+            });
+        }
+        let elapsed = started.elapsed();
+        self.lock.stages.insert(
+            def.name.clone(),
+            StageLock {
+                code_version: def.code_version.clone(),
+                deps,
+                params: self.params.snapshot(&def.params),
+                outs,
+                duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                completed_at_unix: now_unix(),
+            },
+        );
+        self.lock.version = 1;
+        self.lock.save(self.store)?;
+        Ok(StageOutcome {
+            name: def.name.clone(),
+            ran: true,
+            reasons,
+            report,
+            elapsed,
+        })
+    }
+}
