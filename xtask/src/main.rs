@@ -1,1 +1,455 @@
-fn main() {}
+//! `cargo xtask`: the project's task runner.
+//!
+//! - `pipeline` runs the DAG (skipping up-to-date stages), like `dvc repro`.
+//! - `status` says which stages are stale and why, like `dvc status`.
+//! - `metrics` shows every stage's metrics, like `dvc metrics show`.
+//! - `data` puts the raw dataset where the pipeline looks by default.
+//! - `gen` writes a synthetic dataset with a known price response.
+//! - `bench` times the stages on a dataset and prints medians.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use lineage::{ArtifactStore, Params};
+use pipeline::{PipelineConfig, Stage};
+
+/// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
+const REFERENCE_SHA256: &str = "ae0b5894e9c29449be61ad4ba9ec868083138431cfd5d8a51b2ab68659c4d508";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Price-prediction pipeline tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level filter (e.g. `info`, `pipeline=debug`); RUST_LOG also works.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Artifact store: a directory or `s3://bucket/prefix`.
+    #[arg(long, default_value = "run")]
+    out: String,
+    /// Parameters file (the compiled-in defaults when absent and not given).
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// Raw transactions export (CSV or CSV.gz); default: `data.raw` in params.
+    #[arg(long)]
+    raw: Option<PathBuf>,
+    /// Run the product stages for one stock code (the original's main_stockcode).
+    #[arg(long)]
+    stockcode: Option<String>,
+    /// Override a param, e.g. `--set split.train_fraction=0.6` (TOML value).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline; stages whose deps, params and code are unchanged are skipped.
+    Pipeline {
+        #[command(flatten)]
+        common: Common,
+        /// Re-run every stage.
+        #[arg(long)]
+        force: bool,
+        /// Stop after this stage (etl, features, split).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Which stages are stale, and why.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show all stage metrics.
+    Metrics {
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the raw dataset where the pipeline looks by default.
+    Data {
+        /// Copy from this file (offline).
+        #[arg(long)]
+        from: Option<PathBuf>,
+        /// Destination (default: `data.raw` in params).
+        #[arg(long)]
+        dest: Option<PathBuf>,
+    },
+    /// Write a synthetic dataset with a known price response.
+    Gen {
+        /// Output file (`.gz` → gzip-compressed).
+        #[arg(long)]
+        out: PathBuf,
+        /// RNG seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Number of invoices.
+        #[arg(long, default_value_t = 2000)]
+        invoices: usize,
+        /// Number of products.
+        #[arg(long, default_value_t = 40)]
+        products: usize,
+        /// Leave out cancellations, postage and other dirt.
+        #[arg(long)]
+        clean: bool,
+    },
+    /// Time the data stages and print medians.
+    Bench {
+        /// Dataset (default: `data.raw` in params).
+        #[arg(long)]
+        raw: Option<PathBuf>,
+        /// Timed runs (after one warm-up).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Last stage to time.
+        #[arg(long, default_value = "features")]
+        until: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Pipeline {
+            common,
+            force,
+            until,
+        } => cmd_pipeline(&common, force, until.as_deref()),
+        Command::Status { common } => cmd_status(&common),
+        Command::Metrics { out, json } => cmd_metrics(&out, json),
+        Command::Data { from, dest } => cmd_data(from.as_deref(), dest),
+        Command::Gen {
+            out,
+            seed,
+            invoices,
+            products,
+            clean,
+        } => cmd_gen(&out, seed, invoices, products, clean),
+        Command::Bench { raw, runs, until } => cmd_bench(raw, runs, &until),
+    }
+}
+
+fn load_params(common_params: Option<&Path>, overrides: &[String]) -> Result<Params> {
+    let mut params = match common_params {
+        Some(p) => Params::load(p)?,
+        None if Path::new("params.toml").exists() => Params::load(Path::new("params.toml"))?,
+        None => pipeline::default_params(),
+    };
+    for o in overrides {
+        let (key, value) = o
+            .split_once('=')
+            .with_context(|| format!("--set {o:?}: expected KEY=VALUE"))?;
+        let parsed: toml::Value = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        params.set(key.trim(), parsed)?;
+    }
+    Ok(params)
+}
+
+fn raw_path(raw: Option<PathBuf>, params: &Params) -> Result<PathBuf> {
+    match raw {
+        Some(r) => Ok(r),
+        None => Ok(PathBuf::from(
+            params
+                .opt_str("data.raw")?
+                .unwrap_or("data/online_retail.csv.gz"),
+        )),
+    }
+}
+
+fn check_raw_exists(raw: &Path) -> Result<()> {
+    if !raw.exists() {
+        bail!(
+            "raw data {} not found: pass --raw PATH, or run `cargo xtask data --from PATH` to put a copy there",
+            raw.display()
+        );
+    }
+    Ok(())
+}
+
+fn fmt_secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()> {
+    let params = load_params(common.params.as_deref(), &common.overrides)?;
+    let raw = raw_path(common.raw.clone(), &params)?;
+    check_raw_exists(&raw)?;
+    let store = lineage::open_store(&common.out)?;
+    let mut config = PipelineConfig::new(raw, store.as_ref(), params);
+    config.force = force;
+    config.until = until.map(str::parse::<Stage>).transpose()?;
+    config.stockcode = common.stockcode.clone();
+    config.progress = true;
+    let summary = pipeline::run(&config)?;
+    println!(
+        "{:<22} {:<8} {:>10} {:>10} {:>10}",
+        "stage", "status", "rows in", "rows out", "time"
+    );
+    for s in &summary.stages {
+        println!(
+            "{:<22} {:<8} {:>10} {:>10} {:>10}",
+            s.name,
+            if s.ran { "ran" } else { "skipped" },
+            s.report.rows_in,
+            s.report.rows_out,
+            fmt_secs(s.elapsed)
+        );
+        for r in &s.reasons {
+            println!("{:<22}   because {r}", "");
+        }
+        if s.name == "etl"
+            && let Some(dropped) = s.report.metrics.get("dropped").and_then(|d| d.as_object())
+        {
+            let parts: Vec<String> = dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("{:<22}   dropped: {}", "", parts.join(", "));
+        }
+    }
+    println!(
+        "total {} ({} ran, {} skipped); artifacts in {}",
+        fmt_secs(summary.elapsed),
+        summary.stages.iter().filter(|s| s.ran).count(),
+        summary.stages.iter().filter(|s| !s.ran).count(),
+        store.location()
+    );
+    Ok(())
+}
+
+fn cmd_status(common: &Common) -> Result<()> {
+    let params = load_params(common.params.as_deref(), &common.overrides)?;
+    let raw = raw_path(common.raw.clone(), &params)?;
+    let store = lineage::open_store(&common.out)?;
+    let mut config = PipelineConfig::new(raw, store.as_ref(), params);
+    config.stockcode = common.stockcode.clone();
+    let statuses = pipeline::status(&config)?;
+    let mut stale = 0;
+    for s in &statuses {
+        if s.reasons.is_empty() {
+            println!("{}: up to date", s.name);
+        } else {
+            stale += 1;
+            println!("{}: stale", s.name);
+            for r in &s.reasons {
+                println!("    {r}");
+            }
+        }
+    }
+    if stale == 0 {
+        println!("pipeline is up to date");
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        serde_json::Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            out.push((prefix.to_string(), v.to_string()));
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                flatten(&format!("{prefix}.{i}"), v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+fn cmd_metrics(out: &str, as_json: bool) -> Result<()> {
+    let store = lineage::open_store(out)?;
+    let metrics = pipeline::metrics(store.as_ref())?;
+    if metrics.is_empty() {
+        bail!("no metrics in {}: run `cargo xtask pipeline --out {out}` first", store.location());
+    }
+    if as_json {
+        let map: serde_json::Map<String, serde_json::Value> = metrics.into_iter().collect();
+        println!("{}", serde_json::to_string_pretty(&map)?);
+        return Ok(());
+    }
+    for (stage, value) in metrics {
+        println!("{stage}:");
+        let mut rows = Vec::new();
+        flatten("", &value, &mut rows);
+        for (k, v) in rows {
+            println!("  {k:<48} {v}");
+        }
+    }
+    Ok(())
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
+
+fn cmd_data(from: Option<&Path>, dest: Option<PathBuf>) -> Result<()> {
+    let params = load_params(None, &[])?;
+    let dest = raw_path(dest, &params)?;
+    let Some(from) = from else {
+        bail!(
+            "downloading is not implemented (the UCI archive ships an .xlsx inside a .zip); \
+             download the Online Retail dataset (UCI id 352) as CSV or CSV.gz and run \
+             `cargo xtask data --from PATH`"
+        );
+    };
+    let raw = etl::read_raw_file(from).with_context(|| format!("checking {}", from.display()))?;
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let bytes = std::fs::read(from)?;
+    lineage::write_atomic(&dest, &bytes)?;
+    let hash = sha256_file(&dest)?;
+    let verdict = if hash == REFERENCE_SHA256 {
+        "matches the reference UCI Online Retail copy"
+    } else {
+        "differs from the reference UCI copy (your own export?)"
+    };
+    println!(
+        "copied {} ({} data rows) to {}\nsha256 {hash}: {verdict}",
+        from.display(),
+        raw.height(),
+        dest.display()
+    );
+    Ok(())
+}
+
+fn cmd_gen(out: &Path, seed: u64, invoices: usize, products: usize, clean: bool) -> Result<()> {
+    let data = etl::synth::generate(&etl::synth::SynthConfig {
+        seed,
+        n_invoices: invoices,
+        n_products: products,
+        noise: !clean,
+        ..Default::default()
+    });
+    let bytes = if out.extension().is_some_and(|e| e == "gz") {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data.csv.as_bytes())?;
+        enc.finish()?
+    } else {
+        data.csv.into_bytes()
+    };
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    lineage::write_atomic(out, &bytes)?;
+    println!(
+        "wrote {} rows ({} products, {} dirty rows) to {}",
+        data.rows,
+        data.products.len(),
+        data.dirty_rows,
+        out.display()
+    );
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
+    let params = load_params(None, &[])?;
+    let raw = raw_path(raw, &params)?;
+    check_raw_exists(&raw)?;
+    let until: Stage = until.parse()?;
+    let runs = runs.max(1);
+    let dir = tempfile::tempdir()?;
+    let store = lineage::LocalStore::new(dir.path())?;
+    let mut per_stage: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut totals = Vec::new();
+    let mut skip_totals = Vec::new();
+    println!(
+        "bench: {} ({} runs + 1 warm-up, stages up to {})",
+        raw.display(),
+        runs,
+        until.name()
+    );
+    for i in 0..=runs {
+        let mut config = PipelineConfig::new(raw.clone(), &store as &dyn ArtifactStore, params.clone());
+        config.force = true;
+        config.until = Some(until);
+        let summary = pipeline::run(&config)?;
+        let started = Instant::now();
+        config.force = false;
+        let again = pipeline::run(&config)?;
+        let skip = started.elapsed();
+        if again.stages.iter().any(|s| s.ran) {
+            bail!("a second run with nothing changed re-ran a stage");
+        }
+        if i == 0 {
+            continue;
+        }
+        let mut total = 0.0;
+        for s in &summary.stages {
+            let secs = s.elapsed.as_secs_f64();
+            total += secs;
+            match per_stage.iter_mut().find(|(n, _)| *n == s.name) {
+                Some((_, v)) => v.push(secs),
+                None => per_stage.push((s.name.clone(), vec![secs])),
+            }
+        }
+        totals.push(total);
+        skip_totals.push(skip.as_secs_f64());
+    }
+    for (name, mut v) in per_stage {
+        println!("  {name:<10} median {:.3} s", median(&mut v));
+    }
+    println!(
+        "  {:<10} median {:.3} s (min {:.3} s)",
+        "total",
+        median(&mut totals.clone()),
+        totals.iter().copied().fold(f64::INFINITY, f64::min)
+    );
+    println!(
+        "  {:<10} median {:.3} s (all stages skipped)",
+        "no-op run",
+        median(&mut skip_totals)
+    );
+    Ok(())
+}

@@ -1,1 +1,263 @@
-//! pipeline
+//! The price-model pipeline as a DAG of lineage stages:
+//! `etl → features → split` (models and quality gates join in later issues).
+//!
+//! Each stage is a function of typed artifacts read from and written to an
+//! [`ArtifactStore`]; the [`lineage::Runner`] decides whether it runs. This crate
+//! only wires stages together: parsing `params.toml` into each stage's params
+//! struct, naming artifacts, and reporting.
+//!
+//! ```no_run
+//! use pipeline::{PipelineConfig, run};
+//! let store = lineage::open_store("/tmp/run").unwrap();
+//! let config = PipelineConfig::new("data/online_retail.csv.gz".into(), store.as_ref(), pipeline::default_params());
+//! let summary = run(&config).unwrap();
+//! for stage in &summary.stages {
+//!     println!("{} ran={} rows_out={}", stage.name, stage.ran, stage.report.rows_out);
+//! }
+//! ```
+
+mod stages;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
+
+pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params};
+
+/// The default `params.toml`, compiled in (used when no params file exists).
+pub const DEFAULT_PARAMS: &str = include_str!("../../../params.toml");
+
+/// Parses [`DEFAULT_PARAMS`].
+pub fn default_params() -> Params {
+    // The compiled-in file is checked by a test; an empty table is the fallback.
+    Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_default()
+}
+
+/// Errors of the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// From lineage: store, lock, params, or a failing stage.
+    #[error(transparent)]
+    Lineage(#[from] lineage::LineageError),
+    /// An invalid option.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
+
+/// The stages, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Raw export → cleaned transactions.
+    Etl,
+    /// Transactions → features, product summary, contexts, window.
+    Features,
+    /// Features → train/val/test model matrices and the preprocessor.
+    Split,
+}
+
+impl Stage {
+    /// All stages in DAG order.
+    pub const ALL: [Stage; 3] = [Stage::Etl, Stage::Features, Stage::Split];
+
+    /// The stage's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Etl => "etl",
+            Stage::Features => "features",
+            Stage::Split => "split",
+        }
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = PipelineError;
+    fn from_str(s: &str) -> Result<Self> {
+        Stage::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| {
+                PipelineError::Config(format!(
+                    "unknown stage `{s}` (stages: {})",
+                    Stage::ALL.map(Stage::name).join(", ")
+                ))
+            })
+    }
+}
+
+/// What to run and where.
+pub struct PipelineConfig<'a> {
+    /// The raw transactions export (CSV or CSV.gz).
+    pub raw: PathBuf,
+    /// Where artifacts and the lock go.
+    pub store: &'a dyn ArtifactStore,
+    /// Parameters.
+    pub params: Params,
+    /// Re-run every stage.
+    pub force: bool,
+    /// Stop after this stage.
+    pub until: Option<Stage>,
+    /// Run the product stages for this stock code only (overrides `train.stockcode`).
+    pub stockcode: Option<String>,
+    /// Show progress spinners on stderr.
+    pub progress: bool,
+}
+
+impl<'a> PipelineConfig<'a> {
+    /// A config with no force, no limit, no stock code and no progress display.
+    pub fn new(raw: PathBuf, store: &'a dyn ArtifactStore, params: Params) -> Self {
+        Self {
+            raw,
+            store,
+            params,
+            force: false,
+            until: None,
+            stockcode: None,
+            progress: false,
+        }
+    }
+
+    /// The stock code in effect (`--stockcode`, else `train.stockcode`), validated.
+    pub fn effective_stockcode(&self) -> Result<Option<String>> {
+        let code = match &self.stockcode {
+            Some(c) => Some(c.clone()),
+            None => self.params.opt_str("train.stockcode")?.map(str::to_string),
+        };
+        if let Some(c) = &code
+            && (c.is_empty()
+                || c.len() > 32
+                || !c
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')))
+        {
+            return Err(PipelineError::Config(format!(
+                "stock code {c:?} must be 1-32 letters, digits, '.', '_' or '-'"
+            )));
+        }
+        Ok(code)
+    }
+
+    /// The stage definitions in DAG order.
+    pub fn stage_defs(&self) -> Result<Vec<(Stage, StageDef)>> {
+        let keys = ArtifactKeys::new(self.effective_stockcode()?.as_deref());
+        Ok(Stage::ALL
+            .into_iter()
+            .map(|s| (s, stages::definition(s, &keys, &self.raw)))
+            .collect())
+    }
+}
+
+/// The result of a pipeline run.
+#[derive(Debug, Clone)]
+pub struct PipelineSummary {
+    /// One entry per stage considered, in order.
+    pub stages: Vec<StageOutcome>,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+/// Runs the pipeline: each stage runs only if stale (or `force`), up to `until`.
+pub fn run(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
+    let started = std::time::Instant::now();
+    let keys = ArtifactKeys::new(config.effective_stockcode()?.as_deref());
+    let mut runner = Runner::new(config.store, &config.params, config.force)?;
+    let mut outcomes = Vec::new();
+    for (stage, def) in config.stage_defs()? {
+        let bar = stages::spinner(config.progress, &def.name);
+        let outcome = stages::run_stage(stage, &def, &keys, config, &mut runner, &bar);
+        bar.finish_and_clear();
+        let outcome = outcome?;
+        tracing::info!(
+            stage = %outcome.name,
+            ran = outcome.ran,
+            rows_in = outcome.report.rows_in,
+            rows_out = outcome.report.rows_out,
+            ms = outcome.elapsed.as_millis() as u64,
+            "stage finished"
+        );
+        outcomes.push(outcome);
+        if config.until == Some(stage) {
+            break;
+        }
+    }
+    Ok(PipelineSummary {
+        stages: outcomes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Whether a stage is up to date, and why not.
+#[derive(Debug, Clone)]
+pub struct StageStatus {
+    /// Stage name as in the lock.
+    pub name: String,
+    /// Why it would run; empty when up to date.
+    pub reasons: Vec<String>,
+}
+
+/// Like `dvc status`: which stages are stale and why. A stage downstream of a
+/// stale one is reported stale too.
+pub fn status(config: &PipelineConfig<'_>) -> Result<Vec<StageStatus>> {
+    let runner = Runner::new(config.store, &config.params, false)?;
+    let mut out: Vec<StageStatus> = Vec::new();
+    for (_, def) in config.stage_defs()? {
+        let mut reasons: Vec<String> = runner
+            .check(&def)?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if let Some(up) = out.iter().find(|s| !s.reasons.is_empty()) {
+            reasons.push(format!("upstream stage `{}` is stale", up.name));
+        }
+        out.push(StageStatus {
+            name: def.name.clone(),
+            reasons,
+        });
+    }
+    Ok(out)
+}
+
+/// All metrics files in the store: stage name → metrics JSON, like `dvc metrics show`.
+pub fn metrics(store: &dyn ArtifactStore) -> Result<Vec<(String, serde_json::Value)>> {
+    let mut out = Vec::new();
+    for key in store.list("metrics/")? {
+        let Some(name) = key
+            .strip_prefix("metrics/")
+            .and_then(|k| k.strip_suffix(".json"))
+        else {
+            continue;
+        };
+        let value: serde_json::Value = serde_json::from_slice(&store.get(&key)?).map_err(|e| {
+            PipelineError::Config(format!("metrics file `{key}` is not JSON: {e}"))
+        })?;
+        out.push((name.replace('=', "@"), value));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_in_params_parse_into_every_stage() {
+        let p = Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_else(|e| panic!("{e}"));
+        etl_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        feature_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        preprocess_params(&p).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn stockcode_is_validated() {
+        let dir = std::env::temp_dir();
+        let store = lineage::LocalStore::new(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = PipelineConfig::new("x".into(), &store, default_params());
+        c.stockcode = Some("../../etc".into());
+        assert!(c.effective_stockcode().is_err());
+        c.stockcode = Some("85123A".into());
+        assert_eq!(c.effective_stockcode().ok().flatten().as_deref(), Some("85123A"));
+    }
+}
