@@ -13,9 +13,16 @@ use lineage::{ArtifactStore, LOCK_KEY, LocalStore, LockFile, Params};
 use pipeline::{PipelineConfig, Stage, default_params};
 
 fn dataset(dir: &Path) -> PathBuf {
-    write_synthetic(dir, "raw.csv", &SynthConfig { n_invoices: 600, ..Default::default() })
-        .unwrap()
-        .0
+    write_synthetic(
+        dir,
+        "raw.csv",
+        &SynthConfig {
+            n_invoices: 600,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .0
 }
 
 fn run(store: &dyn ArtifactStore, raw: &Path, params: &Params) -> Vec<(String, bool)> {
@@ -29,7 +36,10 @@ fn run(store: &dyn ArtifactStore, raw: &Path, params: &Params) -> Vec<(String, b
 }
 
 fn ran(v: &[(String, bool)]) -> Vec<&str> {
-    v.iter().filter(|(_, r)| *r).map(|(n, _)| n.as_str()).collect()
+    v.iter()
+        .filter(|(_, r)| *r)
+        .map(|(n, _)| n.as_str())
+        .collect()
 }
 
 fn outs(store: &dyn ArtifactStore) -> BTreeMap<String, String> {
@@ -43,11 +53,20 @@ fn second_run_skips_every_stage() {
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
     let p = default_params();
-    assert_eq!(ran(&run(&store, &raw, &p)), vec!["etl", "features", "split"]);
+    assert_eq!(
+        ran(&run(&store, &raw, &p)),
+        vec!["etl", "features", "split"]
+    );
     assert!(ran(&run(&store, &raw, &p)).is_empty());
     let lock = LockFile::load(&store).unwrap();
-    assert_eq!(lock.stages.keys().collect::<Vec<_>>(), vec!["etl", "features", "split"]);
-    assert_eq!(lock.stages["split"].params["preprocess.scaling"], "standard");
+    assert_eq!(
+        lock.stages.keys().collect::<Vec<_>>(),
+        vec!["etl", "features", "split"]
+    );
+    assert_eq!(
+        lock.stages["split"].params["preprocess.scaling"],
+        "standard"
+    );
 }
 
 #[test]
@@ -74,7 +93,8 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     assert_eq!(ran(&run(&store, &raw, &p)), vec!["etl"]);
 
     // An etl change that changes its output re-runs everything.
-    p.set("etl.product_code_pattern", "^20[0-9]{3}[AB]$").unwrap();
+    p.set("etl.product_code_pattern", "^20[0-9]{3}[AB]$")
+        .unwrap();
     let r = run(&store, &raw, &p);
     assert_eq!(ran(&r), vec!["etl", "features", "split"]);
 }
@@ -87,13 +107,32 @@ fn status_names_the_changed_param_and_the_stale_downstream_stage() {
     let mut p = default_params();
     run(&store, &raw, &p);
     let config = PipelineConfig::new(raw.clone(), &store, p.clone());
-    assert!(pipeline::status(&config).unwrap().iter().all(|s| s.reasons.is_empty()));
+    assert!(
+        pipeline::status(&config)
+            .unwrap()
+            .iter()
+            .all(|s| s.reasons.is_empty())
+    );
     p.set("features.recent_contexts", 10).unwrap();
     let config = PipelineConfig::new(raw, &store, p);
     let st = pipeline::status(&config).unwrap();
     assert!(st[0].reasons.is_empty());
-    assert!(st[1].reasons.iter().any(|r| r.contains("features.recent_contexts")), "{:?}", st[1]);
-    assert!(st[2].reasons.iter().any(|r| r.contains("upstream stage `features`")), "{:?}", st[2]);
+    assert!(
+        st[1]
+            .reasons
+            .iter()
+            .any(|r| r.contains("features.recent_contexts")),
+        "{:?}",
+        st[1]
+    );
+    assert!(
+        st[2]
+            .reasons
+            .iter()
+            .any(|r| r.contains("upstream stage `features`")),
+        "{:?}",
+        st[2]
+    );
 }
 
 #[test]
@@ -112,7 +151,15 @@ fn until_stops_after_the_named_stage() {
 #[test]
 fn a_stockcode_run_writes_its_own_artifacts() {
     let dir = tempfile::tempdir().unwrap();
-    let (raw, data) = write_synthetic(dir.path(), "raw.csv", &SynthConfig { n_invoices: 600, ..Default::default() }).unwrap();
+    let (raw, data) = write_synthetic(
+        dir.path(),
+        "raw.csv",
+        &SynthConfig {
+            n_invoices: 600,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let store = LocalStore::new(dir.path().join("out")).unwrap();
     run(&store, &raw, &default_params());
     let before = outs(&store);
@@ -130,7 +177,9 @@ fn a_stockcode_run_writes_its_own_artifacts() {
         ]
     );
     let table = features::FeatureTable::from_parquet(
-        &store.get(&format!("features/stockcode={code}/features.parquet")).unwrap(),
+        &store
+            .get(&format!("features/stockcode={code}/features.parquet"))
+            .unwrap(),
     )
     .unwrap();
     assert!(table.stock_codes().unwrap().iter().all(|c| *c == code));
@@ -159,7 +208,10 @@ fn a_failing_stage_leaves_lock_and_artifacts_as_they_were() {
     std::fs::write(&raw, text).unwrap();
     let config = PipelineConfig::new(raw.clone(), &store, default_params());
     let err = pipeline::run(&config).unwrap_err().to_string();
-    assert!(err.contains("raw.csv") && err.contains("column `InvoiceDate`") && err.contains("line "), "{err}");
+    assert!(
+        err.contains("raw.csv") && err.contains("column `InvoiceDate`") && err.contains("line "),
+        "{err}"
+    );
     assert_eq!(store.get(LOCK_KEY).unwrap(), lock_before);
     for (k, h) in outs_before {
         assert_eq!(store.hash(&k).unwrap(), Some(h), "{k} was touched");
@@ -180,9 +232,15 @@ fn runs_are_deterministic_and_identical_on_local_and_s3_stores() {
     let s3 = server.store("pipeline", "runs/1").unwrap();
     assert_eq!(ran(&run(&s3, &raw, &default_params())).len(), 3);
     assert_eq!(outs(&s3), outs(&a));
-    assert!(ran(&run(&s3, &raw, &default_params())).is_empty(), "S3 re-run skipped nothing");
+    assert!(
+        ran(&run(&s3, &raw, &default_params())).is_empty(),
+        "S3 re-run skipped nothing"
+    );
     let metrics = pipeline::metrics(&s3).unwrap();
-    assert_eq!(metrics.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), vec!["etl", "features", "split"]);
+    assert_eq!(
+        metrics.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
+        vec!["etl", "features", "split"]
+    );
 }
 
 #[test]

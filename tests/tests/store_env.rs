@@ -28,4 +28,3 @@ fn unsafe_env(endpoint: &str) {
         std::env::set_var("AWS_REGION", "us-east-1");
     }
 }
-

@@ -10,7 +10,10 @@ use lineage::{
 
 fn suite(store: &dyn ArtifactStore) {
     // Absent objects.
-    assert!(matches!(store.get("a/missing.bin"), Err(LineageError::NotFound(_))));
+    assert!(matches!(
+        store.get("a/missing.bin"),
+        Err(LineageError::NotFound(_))
+    ));
     assert_eq!(store.hash("a/missing.bin").unwrap(), None);
     assert!(!store.exists("a/missing.bin").unwrap());
 
@@ -28,7 +31,9 @@ fn suite(store: &dyn ArtifactStore) {
     assert_eq!(store.hash("a/one.json").unwrap(), Some(hash2));
 
     // Binary payload of a few MB survives unchanged.
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     store.put("b/c/big.bin", &big).unwrap();
     assert_eq!(store.get("b/c/big.bin").unwrap(), big);
 
@@ -113,7 +118,10 @@ fn local_store_passes_the_suite() {
     // No temporary files are left behind by atomic writes.
     let leftovers: Vec<_> = walk(dir.path())
         .into_iter()
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(".tmp-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        })
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -135,7 +143,9 @@ fn s3_store_passes_the_suite_against_a_real_server() {
 #[test]
 fn s3_server_rejects_a_wrong_secret() {
     let server = S3TestServer::start("artifacts").unwrap();
-    let store = server.store_with_secret("artifacts", "wrong-secret").unwrap();
+    let store = server
+        .store_with_secret("artifacts", "wrong-secret")
+        .unwrap();
     let err = store.put("x.json", b"{}").unwrap_err();
     assert!(matches!(err, LineageError::S3(_)), "{err}");
 }

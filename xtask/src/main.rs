@@ -296,7 +296,10 @@ fn cmd_metrics(out: &str, as_json: bool) -> Result<()> {
     let store = lineage::open_store(out)?;
     let metrics = pipeline::metrics(store.as_ref())?;
     if metrics.is_empty() {
-        bail!("no metrics in {}: run `cargo xtask pipeline --out {out}` first", store.location());
+        bail!(
+            "no metrics in {}: run `cargo xtask pipeline --out {out}` first",
+            store.location()
+        );
     }
     if as_json {
         let map: serde_json::Map<String, serde_json::Value> = metrics.into_iter().collect();
@@ -411,7 +414,8 @@ fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
         until.name()
     );
     for i in 0..=runs {
-        let mut config = PipelineConfig::new(raw.clone(), &store as &dyn ArtifactStore, params.clone());
+        let mut config =
+            PipelineConfig::new(raw.clone(), &store as &dyn ArtifactStore, params.clone());
         config.force = true;
         config.until = Some(until);
         let summary = pipeline::run(&config)?;

@@ -21,14 +21,18 @@ fn text(b: &[u8]) -> String {
 }
 
 fn synth(dir: &Path, invoices: usize) -> PathBuf {
-    let data = etl::synth::generate(&etl::synth::SynthConfig { n_invoices: invoices, ..Default::default() });
+    let data = etl::synth::generate(&etl::synth::SynthConfig {
+        n_invoices: invoices,
+        ..Default::default()
+    });
     let path = dir.join("raw.csv");
     std::fs::write(&path, data.csv).unwrap();
     path
 }
 
 fn lock_outs(out: &Path) -> serde_json::Value {
-    let lock: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("pipeline.lock.json")).unwrap()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("pipeline.lock.json")).unwrap()).unwrap();
     let mut outs = serde_json::Map::new();
     for (_, stage) in lock["stages"].as_object().unwrap() {
         for (k, v) in stage["outs"].as_object().unwrap() {
@@ -43,7 +47,11 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     if let Ok(rd) = std::fs::read_dir(dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_dir() { out.extend(files_under(&p)) } else { out.push(p) }
+            if p.is_dir() {
+                out.extend(files_under(&p))
+            } else {
+                out.push(p)
+            }
         }
     }
     out
@@ -58,16 +66,39 @@ fn pipeline_runs_then_skips_and_reports() {
     let first = xtask(&["pipeline", "--raw", raw_s, "--out", out_s], dir.path());
     assert!(first.status.success(), "{}", text(&first.stderr));
     let stdout = text(&first.stdout);
-    assert!(stdout.contains("etl") && stdout.contains("ran") && stdout.contains("dropped: cancellation"), "{stdout}");
+    assert!(
+        stdout.contains("etl")
+            && stdout.contains("ran")
+            && stdout.contains("dropped: cancellation"),
+        "{stdout}"
+    );
     let second = xtask(&["pipeline", "--raw", raw_s, "--out", out_s], dir.path());
     let stdout = text(&second.stdout);
     assert!(second.status.success());
     assert_eq!(stdout.matches("skipped").count(), 4, "{stdout}"); // 3 rows + the total line
     let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
-    assert!(text(&status.stdout).contains("pipeline is up to date"), "{}", text(&status.stdout));
-    let changed = xtask(&["status", "--raw", raw_s, "--out", out_s, "--set", "preprocess.scaling=\"none\""], dir.path());
+    assert!(
+        text(&status.stdout).contains("pipeline is up to date"),
+        "{}",
+        text(&status.stdout)
+    );
+    let changed = xtask(
+        &[
+            "status",
+            "--raw",
+            raw_s,
+            "--out",
+            out_s,
+            "--set",
+            "preprocess.scaling=\"none\"",
+        ],
+        dir.path(),
+    );
     let s = text(&changed.stdout);
-    assert!(s.contains("split: stale") && s.contains("preprocess.scaling"), "{s}");
+    assert!(
+        s.contains("split: stale") && s.contains("preprocess.scaling"),
+        "{s}"
+    );
     let metrics = xtask(&["metrics", "--out", out_s, "--json"], dir.path());
     let m: serde_json::Value = serde_json::from_slice(&metrics.stdout).unwrap();
     assert!(m["etl"]["rows_in"].as_u64().unwrap() > 0);
@@ -78,30 +109,60 @@ fn pipeline_runs_then_skips_and_reports() {
 fn malformed_csv_exits_nonzero_naming_file_line_and_column_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("missing.csv", "InvoiceNo,StockCode,Quantity,InvoiceDate,CustomerID,Country\n1,85123A,1,2010-12-01 08:26:00,1,UK\n", vec!["missing.csv", "line 1", "unit_price"]),
-        ("baddate.csv", "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice\n1,85123A,1,2010-12-01 08:26:00,1.0\n2,85123A,1,yesterday,1.0\n", vec!["baddate.csv", "line 3", "InvoiceDate"]),
-        ("badqty.csv", "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice\n1,85123A,1,2010-12-01 08:26:00,1.0\n2,85123A,1,2010-12-01 08:26:00,1.0\n3,85123A,lots,2010-12-01 08:26:00,1.0\n", vec!["badqty.csv", "line 4", "Quantity"]),
+        (
+            "missing.csv",
+            "InvoiceNo,StockCode,Quantity,InvoiceDate,CustomerID,Country\n1,85123A,1,2010-12-01 08:26:00,1,UK\n",
+            vec!["missing.csv", "line 1", "unit_price"],
+        ),
+        (
+            "baddate.csv",
+            "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice\n1,85123A,1,2010-12-01 08:26:00,1.0\n2,85123A,1,yesterday,1.0\n",
+            vec!["baddate.csv", "line 3", "InvoiceDate"],
+        ),
+        (
+            "badqty.csv",
+            "InvoiceNo,StockCode,Quantity,InvoiceDate,UnitPrice\n1,85123A,1,2010-12-01 08:26:00,1.0\n2,85123A,1,2010-12-01 08:26:00,1.0\n3,85123A,lots,2010-12-01 08:26:00,1.0\n",
+            vec!["badqty.csv", "line 4", "Quantity"],
+        ),
     ];
     for (name, csv, needles) in cases {
         let raw = dir.path().join(name);
         std::fs::write(&raw, csv).unwrap();
         let out = dir.path().join(format!("out-{name}"));
-        let o = xtask(&["pipeline", "--raw", raw.to_str().unwrap(), "--out", out.to_str().unwrap()], dir.path());
+        let o = xtask(
+            &[
+                "pipeline",
+                "--raw",
+                raw.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
         assert!(!o.status.success());
         let err = text(&o.stderr);
         for n in needles {
             assert!(err.contains(n), "{name}: `{n}` not in {err}");
         }
-        assert!(files_under(&out).is_empty(), "{name}: wrote {:?}", files_under(&out));
+        assert!(
+            files_under(&out).is_empty(),
+            "{name}: wrote {:?}",
+            files_under(&out)
+        );
     }
 }
 
 #[test]
 fn missing_raw_file_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let o = xtask(&["pipeline", "--raw", "nope.csv.gz", "--out", "o"], dir.path());
+    let o = xtask(
+        &["pipeline", "--raw", "nope.csv.gz", "--out", "o"],
+        dir.path(),
+    );
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("nope.csv.gz") && text(&o.stderr).contains("cargo xtask data"));
+    assert!(
+        text(&o.stderr).contains("nope.csv.gz") && text(&o.stderr).contains("cargo xtask data")
+    );
 }
 
 #[test]
@@ -110,7 +171,16 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
     let raw = synth(dir.path(), 6000);
     let raw_s = raw.to_str().unwrap();
     let reference = dir.path().join("reference");
-    let o = xtask(&["pipeline", "--raw", raw_s, "--out", reference.to_str().unwrap()], dir.path());
+    let o = xtask(
+        &[
+            "pipeline",
+            "--raw",
+            raw_s,
+            "--out",
+            reference.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     let expected = lock_outs(&reference);
 
@@ -132,12 +202,19 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
         child.kill().unwrap(); // SIGKILL on Unix
         let _ = child.wait();
     }
-    assert!(killed_mid_run > 0, "every run finished before it could be killed");
+    assert!(
+        killed_mid_run > 0,
+        "every run finished before it could be killed"
+    );
     let o = xtask(&["pipeline", "--raw", raw_s, "--out", victim_s], dir.path());
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(lock_outs(&victim), expected);
     for (key, hash) in expected.as_object().unwrap() {
         let bytes = std::fs::read(victim.join(key)).unwrap();
-        assert_eq!(blake3::hash(&bytes).to_hex().to_string(), hash.as_str().unwrap(), "{key}");
+        assert_eq!(
+            blake3::hash(&bytes).to_hex().to_string(),
+            hash.as_str().unwrap(),
+            "{key}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! Field parsing, validation and cleaning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::NaiveDateTime;
 use polars::prelude::*;
@@ -146,11 +148,21 @@ fn digits(b: &[u8]) -> Option<i64> {
 /// Fast path for `YYYY-MM-DD HH:MM:SS` (the dataset's format): microseconds since epoch.
 fn parse_iso_fast(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':' {
+    if b.len() != 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b' '
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
-    let (h, mi, se) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
+    let (h, mi, se) = (
+        digits(&b[11..13])?,
+        digits(&b[14..16])?,
+        digits(&b[17..19])?,
+    );
     let max_day = match mo {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,
@@ -242,7 +254,7 @@ fn parse_dates(raw: &RawTable, col: &StringChunked) -> Result<DateColumn> {
     ))
 }
 
-fn required_str<'a>(raw: &'a RawTable, column: Column) -> Result<&'a StringChunked> {
+fn required_str(raw: &RawTable, column: Column) -> Result<&StringChunked> {
     raw.strings(column)?.ok_or_else(|| EtlError::MissingColumn {
         file: raw.file.clone(),
         column: column.name(),
@@ -256,8 +268,13 @@ fn required_str<'a>(raw: &'a RawTable, column: Column) -> Result<&'a StringChunk
 pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlReport)> {
     let pattern = Regex::new(&params.product_code_pattern)
         .map_err(|e| EtlError::Params(format!("product_code_pattern: {e}")))?;
-    let excluded: std::collections::HashSet<&str> =
-        params.excluded_stock_codes.iter().map(|s| s.as_str()).collect();
+    let excluded: FxHashSet<&str> = params
+        .excluded_stock_codes
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    // Product-code decisions, cached per distinct code (a few thousand).
+    let mut is_product: FxHashMap<&str, bool> = FxHashMap::default();
 
     let n = raw.height();
     let invoice = required_str(raw, Column::InvoiceNo)?;
@@ -277,7 +294,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         ..Default::default()
     };
     let mut dropped: BTreeMap<DropReason, u64> = BTreeMap::new();
-    let mut non_product: HashMap<&str, u64> = HashMap::new();
+    let mut non_product: FxHashMap<&str, u64> = FxHashMap::default();
     let mut issues: BTreeMap<String, u64> = BTreeMap::new();
 
     let mut keep_invoice = Vec::with_capacity(n);
@@ -304,12 +321,14 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         let cust = cust_iter.as_mut().and_then(|it| it.next().flatten());
         let country = country_iter.as_mut().and_then(|it| it.next().flatten());
 
-        let inv = inv.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
-            raw.field_error(row, Column::InvoiceNo, "", "empty invoice number")
-        })?;
-        let sc = sc.map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| {
-            raw.field_error(row, Column::StockCode, "", "empty stock code")
-        })?;
+        let inv = inv
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| raw.field_error(row, Column::InvoiceNo, "", "empty invoice number"))?;
+        let sc = sc
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| raw.field_error(row, Column::StockCode, "", "empty stock code"))?;
         let q_text = q.unwrap_or("");
         let qty = parse_integral(q_text).ok_or_else(|| {
             raw.field_error(row, Column::Quantity, q_text, "not an integer quantity")
@@ -349,7 +368,10 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             Some(DropReason::NonPositiveQuantity)
         } else if price <= 0.0 {
             Some(DropReason::NonPositivePrice)
-        } else if excluded.contains(sc) || !pattern.is_match(sc) {
+        } else if !*is_product
+            .entry(sc)
+            .or_insert_with(|| !excluded.contains(sc) && pattern.is_match(sc))
+        {
             *non_product.entry(sc).or_default() += 1;
             Some(DropReason::NonProductCode)
         } else {
@@ -392,19 +414,9 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         report.date_min = format_micros(*min);
         report.date_max = format_micros(*max);
     }
-    report.products = keep_stock
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
-    report.customers = keep_cust
-        .iter()
-        .flatten()
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
-    report.countries = keep_country
-        .iter()
-        .collect::<std::collections::HashSet<_>>()
-        .len() as u64;
+    report.products = keep_stock.iter().collect::<FxHashSet<_>>().len() as u64;
+    report.customers = keep_cust.iter().flatten().collect::<FxHashSet<_>>().len() as u64;
+    report.countries = keep_country.iter().collect::<FxHashSet<_>>().len() as u64;
 
     let tx = Transactions::from_columns(
         keep_invoice,
@@ -425,7 +437,11 @@ mod tests {
 
     #[test]
     fn iso_fast_path_agrees_with_chrono() {
-        for s in ["2010-12-01 08:26:00", "2011-02-28 23:59:59", "2012-02-29 00:00:00"] {
+        for s in [
+            "2010-12-01 08:26:00",
+            "2011-02-28 23:59:59",
+            "2012-02-29 00:00:00",
+        ] {
             let slow = NaiveDateTime::parse_from_str(s, DATE_FORMATS[0])
                 .map(|d| d.and_utc().timestamp_micros())
                 .ok();

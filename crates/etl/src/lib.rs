@@ -20,7 +20,9 @@ mod read;
 pub mod synth;
 mod transactions;
 
-pub use clean::{DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil};
+pub use clean::{
+    DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
+};
 pub use read::{Column, RawTable, read_raw_bytes, read_raw_file};
 pub use transactions::{SCHEMA, Transactions, TxView, read_parquet, write_parquet};
 
@@ -50,7 +52,9 @@ pub enum EtlError {
         file: String,
     },
     /// A required column is absent.
-    #[error("{file}: line 1: missing required column `{column}` (accepted names: {accepted}); found columns: {found}")]
+    #[error(
+        "{file}: line 1: missing required column `{column}` (accepted names: {accepted}); found columns: {found}"
+    )]
     MissingColumn {
         /// The file.
         file: String,

@@ -155,10 +155,7 @@ impl RawTable {
         EtlError::InvalidField {
             file: self.file.clone(),
             line: self.line_of_row(row),
-            column: self
-                .header(column)
-                .unwrap_or(column.name())
-                .to_string(),
+            column: self.header(column).unwrap_or(column.name()).to_string(),
             value: value.chars().take(80).collect(),
             problem: problem.to_string(),
         }

@@ -144,7 +144,9 @@ pub fn generate(config: &SynthConfig) -> SynthData {
         })
         .collect();
     // Popularity: Zipf-like weights.
-    let weights: Vec<f64> = (0..n_products).map(|i| 1.0 / (1.0 + i as f64).powf(0.8)).collect();
+    let weights: Vec<f64> = (0..n_products)
+        .map(|i| 1.0 / (1.0 + i as f64).powf(0.8))
+        .collect();
     let total_w: f64 = weights.iter().sum();
     let months = (config.days / 28 + 2) as usize;
     let levels: Vec<Vec<f64>> = (0..n_products)
@@ -204,7 +206,8 @@ pub fn generate(config: &SynthConfig) -> SynthData {
                 p += 1;
             }
             let product = &products[p];
-            let price = (product.base_price * levels[p][month.min(months - 1)] * 100.0).round() / 100.0;
+            let price =
+                (product.base_price * levels[p][month.min(months - 1)] * 100.0).round() / 100.0;
             let lambda = product.expected_quantity(price).max(0.05);
             let qty = Poisson::new(lambda)
                 .map(|dist| dist.sample(&mut rng) as i64)

@@ -5,7 +5,8 @@
 use etl::synth::{SynthConfig, generate};
 use etl::{EtlError, EtlParams, clean, read_raw_bytes};
 
-const HEADER: &str = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n";
+const HEADER: &str =
+    "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n";
 const GOOD: &str = "536365,85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2010-12-01 08:26:00,2.55,17850,United Kingdom\n";
 
 fn parse(csv: &str) -> Result<(etl::Transactions, etl::EtlReport), EtlError> {
@@ -19,31 +20,67 @@ fn missing_required_column_is_named() {
                536365,85123A,X,2010-12-01 08:26:00,2.55,17850,United Kingdom\n";
     let err = parse(csv).unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, EtlError::MissingColumn { column: "quantity", .. }), "{msg}");
-    assert!(msg.contains("export.csv") && msg.contains("line 1") && msg.contains("quantity"), "{msg}");
+    assert!(
+        matches!(
+            err,
+            EtlError::MissingColumn {
+                column: "quantity",
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("export.csv") && msg.contains("line 1") && msg.contains("quantity"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_date_names_file_line_and_column() {
-    let csv = format!("{HEADER}{GOOD}{GOOD}536366,22633,HAND WARMER,6,2010-13-45 08:28:00,1.85,17850,United Kingdom\n{GOOD}");
+    let csv = format!(
+        "{HEADER}{GOOD}{GOOD}536366,22633,HAND WARMER,6,2010-13-45 08:28:00,1.85,17850,United Kingdom\n{GOOD}"
+    );
     let err = parse(&csv).unwrap_err();
     match &err {
-        EtlError::InvalidField { file, line, column, value, .. } => {
-            assert_eq!((file.as_str(), *line, column.as_str()), ("export.csv", 4, "InvoiceDate"));
+        EtlError::InvalidField {
+            file,
+            line,
+            column,
+            value,
+            ..
+        } => {
+            assert_eq!(
+                (file.as_str(), *line, column.as_str()),
+                ("export.csv", 4, "InvoiceDate")
+            );
             assert_eq!(value, "2010-13-45 08:28:00");
         }
         other => panic!("unexpected error {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.starts_with("export.csv: line 4, column `InvoiceDate`"), "{msg}");
+    assert!(
+        msg.starts_with("export.csv: line 4, column `InvoiceDate`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn non_numeric_quantity_names_file_line_and_column() {
-    let csv = format!("{HEADER}{GOOD}536366,22633,HAND WARMER,six,2010-12-01 08:28:00,1.85,17850,United Kingdom\n");
+    let csv = format!(
+        "{HEADER}{GOOD}536366,22633,HAND WARMER,six,2010-12-01 08:28:00,1.85,17850,United Kingdom\n"
+    );
     match parse(&csv).unwrap_err() {
-        EtlError::InvalidField { line, column, value, .. } => {
-            assert_eq!((line, column.as_str(), value.as_str()), (3, "Quantity", "six"));
+        EtlError::InvalidField {
+            line,
+            column,
+            value,
+            ..
+        } => {
+            assert_eq!(
+                (line, column.as_str(), value.as_str()),
+                (3, "Quantity", "six")
+            );
         }
         other => panic!("unexpected error {other}"),
     }
@@ -51,9 +88,13 @@ fn non_numeric_quantity_names_file_line_and_column() {
 
 #[test]
 fn bad_price_is_an_error_too() {
-    let csv = format!("{HEADER}{GOOD}536366,22633,HAND WARMER,6,2010-12-01 08:28:00,NaN,17850,United Kingdom\n");
+    let csv = format!(
+        "{HEADER}{GOOD}536366,22633,HAND WARMER,6,2010-12-01 08:28:00,NaN,17850,United Kingdom\n"
+    );
     match parse(&csv).unwrap_err() {
-        EtlError::InvalidField { line, column, .. } => assert_eq!((line, column.as_str()), (3, "UnitPrice")),
+        EtlError::InvalidField { line, column, .. } => {
+            assert_eq!((line, column.as_str()), (3, "UnitPrice"))
+        }
         other => panic!("unexpected error {other}"),
     }
 }
@@ -79,7 +120,10 @@ fn online_retail_ii_headers_and_float_customer_ids_are_accepted() {
     let v = tx.view().unwrap();
     assert_eq!(v.customer_id, vec![Some(13085), None]);
     assert_eq!(v.description[1], Some("CAT BOWL"));
-    assert_eq!(report.optional_field_issues.get("customer_id:missing"), Some(&1));
+    assert_eq!(
+        report.optional_field_issues.get("customer_id:missing"),
+        Some(&1)
+    );
 }
 
 #[test]
@@ -89,24 +133,36 @@ fn header_case_and_spacing_do_not_matter() {
     let (tx, report) = parse(csv).unwrap();
     assert_eq!(tx.len(), 1);
     assert_eq!(report.date_format, "%m/%d/%Y %H:%M");
-    assert_eq!(etl::format_micros(tx.view().unwrap().ts[0]), "2010-12-01 08:26:00");
+    assert_eq!(
+        etl::format_micros(tx.view().unwrap().ts[0]),
+        "2010-12-01 08:26:00"
+    );
 }
 
 #[test]
 fn duplicate_columns_are_refused() {
     let csv = "Invoice,InvoiceNo,StockCode,Quantity,InvoiceDate,Price\n1,1,85123A,1,2010-12-01 08:26:00,1.0\n";
-    assert!(matches!(parse(csv).unwrap_err(), EtlError::DuplicateColumn { .. }));
+    assert!(matches!(
+        parse(csv).unwrap_err(),
+        EtlError::DuplicateColumn { .. }
+    ));
 }
 
 #[test]
 fn empty_file_is_an_error_not_an_empty_result() {
     assert!(matches!(parse("").unwrap_err(), EtlError::Empty { .. }));
-    assert!(matches!(parse(HEADER).unwrap_err(), EtlError::Empty { .. } | EtlError::Csv { .. }));
+    assert!(matches!(
+        parse(HEADER).unwrap_err(),
+        EtlError::Empty { .. } | EtlError::Csv { .. }
+    ));
 }
 
 #[test]
 fn cleaning_counts_every_dropped_row_by_reason() {
-    let data = generate(&SynthConfig { n_invoices: 800, ..Default::default() });
+    let data = generate(&SynthConfig {
+        n_invoices: 800,
+        ..Default::default()
+    });
     let (tx, report) = parse(&data.csv).unwrap();
     let cancellations = data.csv.lines().filter(|l| l.starts_with('C')).count() as u64;
     let postage = data.csv.lines().filter(|l| l.contains(",POST,")).count() as u64;
@@ -125,30 +181,53 @@ fn cleaning_counts_every_dropped_row_by_reason() {
 #[test]
 fn gzip_input_reads_like_plain_text() {
     use std::io::Write;
-    let data = generate(&SynthConfig { n_invoices: 100, ..Default::default() });
+    let data = generate(&SynthConfig {
+        n_invoices: 100,
+        ..Default::default()
+    });
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     enc.write_all(data.csv.as_bytes()).unwrap();
     let gz = enc.finish().unwrap();
-    let a = clean(&read_raw_bytes(gz.as_slice(), "x.csv.gz").unwrap(), &EtlParams::default()).unwrap();
-    let b = clean(&read_raw_bytes(data.csv.as_bytes(), "x.csv").unwrap(), &EtlParams::default()).unwrap();
+    let a = clean(
+        &read_raw_bytes(gz.as_slice(), "x.csv.gz").unwrap(),
+        &EtlParams::default(),
+    )
+    .unwrap();
+    let b = clean(
+        &read_raw_bytes(data.csv.as_bytes(), "x.csv").unwrap(),
+        &EtlParams::default(),
+    )
+    .unwrap();
     assert_eq!(a.0.to_parquet().unwrap(), b.0.to_parquet().unwrap());
     assert_eq!(a.1, b.1);
 }
 
 #[test]
 fn transactions_round_trip_through_parquet() {
-    let data = generate(&SynthConfig { n_invoices: 100, ..Default::default() });
+    let data = generate(&SynthConfig {
+        n_invoices: 100,
+        ..Default::default()
+    });
     let (tx, _) = parse(&data.csv).unwrap();
     let bytes = tx.to_parquet().unwrap();
     let back = etl::Transactions::from_parquet(&bytes).unwrap();
     assert!(back.dataframe().equals_missing(tx.dataframe()));
-    assert_eq!(back.to_parquet().unwrap(), bytes, "serialisation is deterministic");
+    assert_eq!(
+        back.to_parquet().unwrap(),
+        bytes,
+        "serialisation is deterministic"
+    );
 }
 
 #[test]
 fn a_parquet_file_with_another_schema_is_refused() {
     let mut df = polars::prelude::df!("a" => [1i64, 2]).unwrap();
     let mut bytes = Vec::new();
-    polars::prelude::ParquetWriter::new(&mut bytes).finish(&mut df).unwrap();
-    assert!(matches!(etl::Transactions::from_parquet(&bytes), Err(EtlError::Schema(_))));
+    polars::prelude::ParquetWriter::new(&mut bytes)
+        .finish(&mut df)
+        .unwrap();
+    assert!(matches!(
+        etl::Transactions::from_parquet(&bytes),
+        Err(EtlError::Schema(_))
+    ));
 }

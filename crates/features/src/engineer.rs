@@ -1,6 +1,8 @@
 //! Leak-free feature engineering.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 
 use etl::{Transactions, civil_from_micros, format_micros, micros_from_civil};
 use polars::prelude::DataFrame;
@@ -122,7 +124,13 @@ pub struct PriceRef {
 /// assert_eq!((rel_max, rel_mean, sq), (0.5, 1.0, 4.0));
 /// ```
 pub fn price_features(price: f64, reference: &PriceRef) -> (f64, f64, f64, f64, f64) {
-    let rel = |r: f64| if r.is_finite() && r > 0.0 { price / r } else { 1.0 };
+    let rel = |r: f64| {
+        if r.is_finite() && r > 0.0 {
+            price / r
+        } else {
+            1.0
+        }
+    };
     (
         rel(reference.max),
         rel(reference.mean),
@@ -199,7 +207,10 @@ fn window_for(sorted_ts: &[i64], rule: &SplitRule) -> Result<TrainWindow> {
             (at(*train), at(train + val))
         }
         SplitRule::Date { train_end, val_end } => {
-            let (t, v) = (parse_day(train_end, "train_end")?, parse_day(val_end, "val_end")?);
+            let (t, v) = (
+                parse_day(train_end, "train_end")?,
+                parse_day(val_end, "val_end")?,
+            );
             if t >= v {
                 return Err(FeatureError::Params(format!(
                     "split.train_end ({train_end}) must be before split.val_end ({val_end})"
@@ -244,12 +255,57 @@ fn year_month(ts: i64) -> i32 {
     y * 12 + m as i32 - 1
 }
 
-fn mode<'a>(counts: &HashMap<&'a str, u32>) -> &'a str {
-    counts
-        .iter()
-        .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-        .map(|(k, _)| *k)
-        .unwrap_or("")
+/// Dense ids for the distinct values of a column, in first-seen order.
+fn intern<'a>(values: impl Iterator<Item = &'a str>) -> (Vec<u32>, Vec<&'a str>) {
+    let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
+    let mut names: Vec<&str> = Vec::new();
+    let col = values
+        .map(|v| {
+            *ids.entry(v).or_insert_with(|| {
+                names.push(v);
+                (names.len() - 1) as u32
+            })
+        })
+        .collect();
+    (col, names)
+}
+
+fn pack(a: u32, b: u32) -> u64 {
+    (u64::from(a) << 32) | u64::from(b)
+}
+
+/// Distinct `(product, value)` pairs: sorted and deduplicated, ready for counting.
+fn distinct_pairs(mut pairs: Vec<u64>) -> Vec<u64> {
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+/// Per product, the most frequent value id (ties: the smallest name).
+fn mode_per_product(mut pairs: Vec<u64>, names: &[&str], n_products: usize) -> Vec<Option<u32>> {
+    pairs.sort_unstable();
+    let mut best: Vec<Option<(u32, u32)>> = vec![None; n_products]; // (value, count)
+    let mut i = 0;
+    while i < pairs.len() {
+        let key = pairs[i];
+        let mut j = i;
+        while j < pairs.len() && pairs[j] == key {
+            j += 1;
+        }
+        let (p, value, count) = ((key >> 32) as usize, key as u32, (j - i) as u32);
+        let slot = &mut best[p];
+        let better = match slot {
+            None => true,
+            Some((v, c)) => {
+                count > *c || (count == *c && names[value as usize] < names[*v as usize])
+            }
+        };
+        if better {
+            *slot = Some((value, count));
+        }
+        i = j;
+    }
+    best.into_iter().map(|b| b.map(|(v, _)| v)).collect()
 }
 
 /// Per-customer invoice history: sorted timestamps and prefix sums of spend.
@@ -278,56 +334,70 @@ pub fn build_features(
     let v = tx.view()?;
     let n = tx.len();
     if n == 0 {
-        return Err(FeatureError::NoData("the transactions table is empty".into()));
+        return Err(FeatureError::NoData(
+            "the transactions table is empty".into(),
+        ));
     }
 
     // Time order (stable on ties).
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| v.ts[i]);
 
-    // Product ids.
-    let mut product_ids: HashMap<&str, u32> = HashMap::new();
-    let pid: Vec<u32> = v
-        .stock_code
-        .iter()
-        .map(|c| {
-            let next = product_ids.len() as u32;
-            *product_ids.entry(c).or_insert(next)
-        })
-        .collect();
-    let n_products = product_ids.len();
+    // Dense ids for products, invoices, countries and descriptions.
+    let (pid, product_names) = intern(v.stock_code.iter().copied());
+    let (inv, _) = intern(v.invoice_no.iter().copied());
+    let (cid, country_names) = intern(v.country.iter().copied());
+    let (did, desc_names) = intern(v.description.iter().map(|d| d.unwrap_or("")));
+    let n_products = product_names.len();
     let selected: Option<u32> = match stockcode {
         None => None,
-        Some(code) => Some(*product_ids.get(code).ok_or_else(|| {
-            FeatureError::NoData(format!("stock code {code:?} has no sales after cleaning"))
-        })?),
+        Some(code) => Some(
+            product_names
+                .iter()
+                .position(|c| *c == code)
+                .map(|p| p as u32)
+                .ok_or_else(|| {
+                    FeatureError::NoData(format!("stock code {code:?} has no sales after cleaning"))
+                })?,
+        ),
     };
     let keep = |i: usize| selected.is_none_or(|p| pid[i] == p);
     let out_order: Vec<usize> = order.iter().copied().filter(|&i| keep(i)).collect();
     let out_ts: Vec<i64> = out_order.iter().map(|&i| v.ts[i]).collect();
     let window = window_for(&out_ts, &params.split)?;
 
-    // Monthly quantity per product.
-    let mut monthly: HashMap<(u32, i32), f64> = HashMap::new();
+    // Monthly quantity per product, in a dense (product, month) grid.
     let ym: Vec<i32> = v.ts.iter().map(|&t| year_month(t)).collect();
+    let ym_min = ym.iter().copied().min().unwrap_or(0);
+    let ym_max = ym.iter().copied().max().unwrap_or(0);
+    let n_months = (ym_max - ym_min + 1) as usize;
+    let mut monthly = vec![0.0f64; n_products * n_months];
+    let month_slot = |p: u32, m: i32| p as usize * n_months + (m - ym_min) as usize;
     for i in 0..n {
-        *monthly.entry((pid[i], ym[i])).or_default() += v.quantity[i] as f64;
+        monthly[month_slot(pid[i], ym[i])] += v.quantity[i] as f64;
     }
+    let monthly_quantity = |p: u32, m: i32| {
+        if m < ym_min || m > ym_max {
+            0.0
+        } else {
+            monthly[month_slot(p, m)]
+        }
+    };
 
     // Training-window reference prices and popularity.
     let mut train_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
-    let mut train_invoices: HashSet<(u32, &str)> = HashSet::new();
+    let mut train_pairs: Vec<u64> = Vec::new();
     let mut all_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
     for i in 0..n {
         all_prices[pid[i] as usize].push(v.unit_price[i]);
         if v.ts[i] < window.train_end {
             train_prices[pid[i] as usize].push(v.unit_price[i]);
-            train_invoices.insert((pid[i], v.invoice_no[i]));
+            train_pairs.push(pack(pid[i], inv[i]));
         }
     }
     let mut popularity = vec![0.0f64; n_products];
-    for (p, _) in &train_invoices {
-        popularity[*p as usize] += 1.0;
+    for key in distinct_pairs(train_pairs) {
+        popularity[(key >> 32) as usize] += 1.0;
     }
     for p in popularity.iter_mut() {
         *p = p.ln_1p();
@@ -353,18 +423,19 @@ pub fn build_features(
         .collect();
 
     // Customer histories at invoice level: (ts, spend), sorted.
-    let mut invoice_agg: HashMap<&str, (i64, i64, f64)> = HashMap::new();
+    let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut invoice_agg: Vec<Option<(i64, i64, f64)>> = vec![None; n_invoices];
     for i in 0..n {
         if let Some(c) = v.customer_id[i] {
-            let e = invoice_agg.entry(v.invoice_no[i]).or_insert((c, v.ts[i], 0.0));
+            let e = invoice_agg[inv[i] as usize].get_or_insert((c, v.ts[i], 0.0));
             e.2 += v.quantity[i] as f64 * v.unit_price[i];
         }
     }
-    let mut per_customer: HashMap<i64, Vec<(i64, f64)>> = HashMap::new();
-    for (c, t, s) in invoice_agg.into_values() {
+    let mut per_customer: FxHashMap<i64, Vec<(i64, f64)>> = FxHashMap::default();
+    for (c, t, s) in invoice_agg.into_iter().flatten() {
         per_customer.entry(c).or_default().push((t, s));
     }
-    let histories: HashMap<i64, CustomerHistory> = per_customer
+    let histories: FxHashMap<i64, CustomerHistory> = per_customer
         .into_iter()
         .map(|(c, mut inv)| {
             inv.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
@@ -400,7 +471,7 @@ pub fn build_features(
         let p = pid[i];
         let price = v.unit_price[i];
         let (y, mo, _, dow) = civil_from_micros(t);
-        let prev = monthly.get(&(p, ym[i] - 1)).copied().unwrap_or(0.0);
+        let prev = monthly_quantity(p, ym[i] - 1);
         if prev > 0.0 {
             prev_known += 1;
         }
@@ -464,30 +535,41 @@ pub fn build_features(
     )?;
 
     // Per-product summary and recent contexts (output products only).
-    let last_ym = ym.iter().copied().max().unwrap_or(0);
+    let last_ym = ym_max;
     let mut per_product_rows: Vec<Vec<usize>> = vec![Vec::new(); n_products];
     for (row, &i) in out_order.iter().enumerate() {
         per_product_rows[pid[i] as usize].push(row);
     }
+    let mut desc_pairs = Vec::with_capacity(m);
+    let mut country_pairs = Vec::with_capacity(m);
+    let mut invoice_pairs = Vec::with_capacity(m);
+    for &i in &out_order {
+        if !desc_names[did[i] as usize].is_empty() {
+            desc_pairs.push(pack(pid[i], did[i]));
+        }
+        country_pairs.push(pack(pid[i], cid[i]));
+        invoice_pairs.push(pack(pid[i], inv[i]));
+    }
+    let desc_mode = mode_per_product(desc_pairs, &desc_names, n_products);
+    let country_mode = mode_per_product(country_pairs, &country_names, n_products);
+    let mut invoices_per_product = vec![0u64; n_products];
+    for key in distinct_pairs(invoice_pairs) {
+        invoices_per_product[(key >> 32) as usize] += 1;
+    }
     let mut summary_rows = Vec::new();
     let mut context_rows: Vec<usize> = Vec::new();
     let mut without_train = 0u64;
-    for (code, &p) in &product_ids {
-        let rows = &per_product_rows[p as usize];
+    // Products in stock-code order: summary rows come out sorted and context
+    // rows grouped by product (in time order within a product).
+    let mut by_code: Vec<usize> = (0..n_products).collect();
+    by_code.sort_unstable_by_key(|&p| product_names[p]);
+    for p in by_code {
+        let code = product_names[p];
+        let rows = &per_product_rows[p];
         if rows.is_empty() {
             continue;
         }
-        let mut desc: HashMap<&str, u32> = HashMap::new();
-        let mut country: HashMap<&str, u32> = HashMap::new();
-        let mut invoices: HashSet<&str> = HashSet::new();
-        for &r in rows {
-            let i = out_order[r];
-            if let Some(d) = v.description[i].filter(|d| !d.is_empty()) {
-                *desc.entry(d).or_default() += 1;
-            }
-            *country.entry(v.country[i]).or_default() += 1;
-            invoices.insert(v.invoice_no[i]);
-        }
+        let p = p as u32;
         let prices = &mut all_prices[p as usize];
         prices.sort_by(f64::total_cmp);
         let reference = refs[p as usize];
@@ -496,9 +578,11 @@ pub fn build_features(
         }
         summary_rows.push(SummaryRow {
             stock_code: code.to_string(),
-            description: mode(&desc).to_string(),
+            description: desc_mode[p as usize]
+                .map(|d| desc_names[d as usize].to_string())
+                .unwrap_or_default(),
             n_lines: rows.len() as f64,
-            n_invoices: invoices.len() as f64,
+            n_invoices: invoices_per_product[p as usize] as f64,
             price_min: prices.first().copied().unwrap_or(f64::NAN),
             price_p05: quantile_sorted(prices, 0.05),
             price_median: median_sorted(prices),
@@ -508,17 +592,16 @@ pub fn build_features(
             ref_price_mean: reference.mean,
             ref_price_median: reference.median,
             popularity: popularity[p as usize],
-            usual_country: mode(&country).to_string(),
-            last_month_quantity: monthly.get(&(p, last_ym)).copied().unwrap_or(0.0),
+            usual_country: country_mode[p as usize]
+                .map(|c| country_names[c as usize].to_string())
+                .unwrap_or_default(),
+            last_month_quantity: monthly_quantity(p, last_ym),
             first_seen: out_ts[rows[0]],
             last_seen: out_ts[rows[rows.len() - 1]],
         });
         let k = params.recent_contexts.min(rows.len());
         context_rows.extend_from_slice(&rows[rows.len() - k..]);
     }
-    summary_rows.sort_by(|a, b| a.stock_code.cmp(&b.stock_code));
-    let codes_out = table.stock_codes()?;
-    context_rows.sort_by(|&a, &b| codes_out[a].cmp(codes_out[b]).then(a.cmp(&b)));
     let idx = polars::prelude::IdxCa::from_vec(
         "idx".into(),
         context_rows
@@ -554,7 +637,10 @@ pub fn build_features(
 mod tests {
     use super::*;
 
-    fn tx(rows: &[(&str, &str, i64, &str, f64, Option<i64>)]) -> Transactions {
+    /// (invoice, stock code, quantity, date, price, customer)
+    type Line<'a> = (&'a str, &'a str, i64, &'a str, f64, Option<i64>);
+
+    fn tx(rows: &[Line<'_>]) -> Transactions {
         let ts: Vec<i64> = rows
             .iter()
             .map(|r| {
@@ -584,11 +670,17 @@ mod tests {
             ("4", "A", 1, "2011-03-01", 1.0, None),
         ]);
         let p = FeatureParams {
-            split: SplitRule::Fraction { train: 0.5, val: 0.25 },
+            split: SplitRule::Fraction {
+                train: 0.5,
+                val: 0.25,
+            },
             ..Default::default()
         };
         let out = build_features(&t, &p, None).unwrap_or_else(|e| panic!("{e}"));
-        let prev = out.table.numeric("prev_month_quantity").unwrap_or_else(|e| panic!("{e}"));
+        let prev = out
+            .table
+            .numeric("prev_month_quantity")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(prev, &[0.0, 5.0, 5.0, 107.0]);
     }
 
@@ -600,11 +692,25 @@ mod tests {
             ("2", "B", 1, "2011-01-11", 6.0, Some(7)),
             ("3", "A", 1, "2012-01-05", 4.0, Some(7)),
         ]);
-        let out = build_features(&t, &FeatureParams::default(), None).unwrap_or_else(|e| panic!("{e}"));
-        let f = out.table.numeric("cust_frequency").unwrap_or_else(|e| panic!("{e}"));
-        let m = out.table.numeric("cust_monetary").unwrap_or_else(|e| panic!("{e}"));
-        let r = out.table.numeric("cust_recency_days").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(f, &[0.0, 1.0, 1.0, 1.0], "2011-01-01 is outside the year before 2012-01-05");
+        let out =
+            build_features(&t, &FeatureParams::default(), None).unwrap_or_else(|e| panic!("{e}"));
+        let f = out
+            .table
+            .numeric("cust_frequency")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let m = out
+            .table
+            .numeric("cust_monetary")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = out
+            .table
+            .numeric("cust_recency_days")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            f,
+            &[0.0, 1.0, 1.0, 1.0],
+            "2011-01-01 is outside the year before 2012-01-05"
+        );
         assert_eq!(m, &[0.0, 6.0, 6.0, 10.0]);
         assert_eq!(r[1], 10.0);
         assert_eq!(r[0], 365.0);
@@ -626,7 +732,10 @@ mod tests {
             ..Default::default()
         };
         let out = build_features(&t, &p, None).unwrap_or_else(|e| panic!("{e}"));
-        let rel = out.table.numeric("price_rel_max").unwrap_or_else(|e| panic!("{e}"));
+        let rel = out
+            .table
+            .numeric("price_rel_max")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(rel, &[0.5, 1.0, 25.0, 25.0]);
         assert_eq!(out.summary.rows[0].price_max, 100.0);
         assert_eq!(out.summary.rows[0].ref_price_max, 4.0);

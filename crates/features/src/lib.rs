@@ -29,8 +29,8 @@ mod split;
 mod table;
 
 pub use engineer::{
-    FeatureOutputs, FeatureParams, FeatureReport, PriceRef, SplitRule, TrainWindow,
-    build_features, price_features,
+    FeatureOutputs, FeatureParams, FeatureReport, PriceRef, SplitRule, TrainWindow, build_features,
+    price_features,
 };
 pub use preprocess::{
     NumericColumn, PreprocessParams, Preprocessor, Scaling, TargetEncoding, Transform,

@@ -178,7 +178,11 @@ fn center_scale(values: &[f64], scaling: Scaling) -> (f64, f64) {
 
 impl Preprocessor {
     /// Fits on training rows and their targets.
-    pub fn fit(rows: &[FeatureRow<'_>], targets: &[f64], params: &PreprocessParams) -> Result<Self> {
+    pub fn fit(
+        rows: &[FeatureRow<'_>],
+        targets: &[f64],
+        params: &PreprocessParams,
+    ) -> Result<Self> {
         if rows.is_empty() || rows.len() != targets.len() {
             return Err(FeatureError::NoData(format!(
                 "cannot fit a preprocessor on {} rows and {} targets",
@@ -191,7 +195,7 @@ impl Preprocessor {
                 "preprocess.target_encoding_folds must be >= 2".into(),
             ));
         }
-        if !(params.target_encoding_smoothing >= 0.0) {
+        if params.target_encoding_smoothing.is_nan() || params.target_encoding_smoothing < 0.0 {
             return Err(FeatureError::Params(
                 "preprocess.target_encoding_smoothing must be >= 0".into(),
             ));
@@ -219,7 +223,10 @@ impl Preprocessor {
             rows.iter().zip(targets).map(|(r, y)| (r.stock_code, *y)),
             params.target_encoding_smoothing,
         );
-        let encoded: Vec<f64> = rows.iter().map(|r| stock_code.encode(r.stock_code)).collect();
+        let encoded: Vec<f64> = rows
+            .iter()
+            .map(|r| stock_code.encode(r.stock_code))
+            .collect();
         let stock_code_scale = center_scale(&encoded, params.scaling);
         let mut country_counts: HashMap<&str, usize> = HashMap::new();
         for r in rows {
@@ -233,8 +240,15 @@ impl Preprocessor {
         countries.sort();
         let mut feature_names: Vec<String> = numeric.iter().map(|c| c.name.clone()).collect();
         feature_names.extend(
-            ["is_registered", "month_sin", "month_cos", "dow_sin", "dow_cos", "stock_code_te"]
-                .map(String::from),
+            [
+                "is_registered",
+                "month_sin",
+                "month_cos",
+                "dow_sin",
+                "dow_cos",
+                "stock_code_te",
+            ]
+            .map(String::from),
         );
         feature_names.extend(countries.iter().map(|c| format!("country={c}")));
         feature_names.push("country=other".into());
@@ -257,7 +271,8 @@ impl Preprocessor {
     fn write_row(&self, r: &FeatureRow<'_>, encoded_code: f64, out: &mut [f64]) {
         let mut k = 0;
         for c in &self.numeric {
-            out[k] = (apply(c.transform, r.value(&c.source).unwrap_or(f64::NAN)) - c.center) / c.scale;
+            out[k] =
+                (apply(c.transform, r.value(&c.source).unwrap_or(f64::NAN)) - c.center) / c.scale;
             k += 1;
         }
         let month = (r.month - 1.0) / 12.0 * TAU;

@@ -38,7 +38,8 @@ impl DesignMatrix {
 
     /// Parquet bytes.
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
-        let mut cols: Vec<polars::prelude::Column> = Vec::with_capacity(self.feature_names.len() + 3);
+        let mut cols: Vec<polars::prelude::Column> =
+            Vec::with_capacity(self.feature_names.len() + 3);
         for (j, name) in self.feature_names.iter().enumerate() {
             cols.push(Series::new(name.as_str().into(), self.x.column(j).to_vec()).into());
         }
@@ -46,7 +47,10 @@ impl DesignMatrix {
         cols.push(
             Series::new(
                 "stock_code".into(),
-                self.stock_code.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+                self.stock_code
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>(),
             )
             .into(),
         );
@@ -71,8 +75,12 @@ impl DesignMatrix {
         let n_feat = names
             .len()
             .checked_sub(3)
-            .filter(|_| names.ends_with(&["target".into(), "stock_code".into(), "invoice_date".into()]))
-            .ok_or_else(|| FeatureError::Artifact(format!("not a design matrix: columns {names:?}")))?;
+            .filter(|_| {
+                names.ends_with(&["target".into(), "stock_code".into(), "invoice_date".into()])
+            })
+            .ok_or_else(|| {
+                FeatureError::Artifact(format!("not a design matrix: columns {names:?}"))
+            })?;
         let n = df.height();
         let mut x = Array2::zeros((n, n_feat));
         for (j, name) in names[..n_feat].iter().enumerate() {
@@ -171,16 +179,29 @@ pub fn split(
         feature_names: preprocessor.feature_names.clone(),
         x,
         y: Array1::from_vec(y),
-        stock_code: idx.iter().map(|&i| rows[i].stock_code.to_string()).collect(),
+        stock_code: idx
+            .iter()
+            .map(|&i| rows[i].stock_code.to_string())
+            .collect(),
         ts: idx.iter().map(|&i| ts[i]).collect(),
     };
-    let train = make(&parts[0], preprocessor.transform_train(&train_rows, &train_y), train_y.clone());
+    let train = make(
+        &parts[0],
+        preprocessor.transform_train(&train_rows, &train_y),
+        train_y.clone(),
+    );
     let (val_rows, val_y) = pick(&parts[1]);
     let val = make(&parts[1], preprocessor.transform(&val_rows), val_y);
     let (test_rows, test_y) = pick(&parts[2]);
     let test = make(&parts[2], preprocessor.transform(&test_rows), test_y);
 
-    let mean = |y: &Array1<f64>| if y.is_empty() { 0.0 } else { y.mean().unwrap_or(0.0) };
+    let mean = |y: &Array1<f64>| {
+        if y.is_empty() {
+            0.0
+        } else {
+            y.mean().unwrap_or(0.0)
+        }
+    };
     let unseen = |m: &DesignMatrix| {
         if m.is_empty() {
             0.0

@@ -142,14 +142,18 @@ impl FeatureTable {
     pub fn from_dataframe(mut df: DataFrame) -> Result<Self> {
         for name in ["invoice_no", "stock_code", "country"] {
             if !matches!(df.column(name)?.dtype(), DataType::String) {
-                return Err(FeatureError::Artifact(format!("`{name}` must be a string column")));
+                return Err(FeatureError::Artifact(format!(
+                    "`{name}` must be a string column"
+                )));
             }
         }
         if !matches!(
             df.column("invoice_date")?.dtype(),
             DataType::Datetime(TimeUnit::Microseconds, None)
         ) {
-            return Err(FeatureError::Artifact("`invoice_date` must be datetime[μs]".into()));
+            return Err(FeatureError::Artifact(
+                "`invoice_date` must be datetime[μs]".into(),
+            ));
         }
         for name in NUMERIC_FEATURES {
             let col = df.column(name)?;
@@ -333,7 +337,9 @@ impl ProductSummary {
                 f("popularity", |x| x.popularity),
                 Series::new(
                     "usual_country".into(),
-                    r.iter().map(|x| x.usual_country.as_str()).collect::<Vec<_>>(),
+                    r.iter()
+                        .map(|x| x.usual_country.as_str())
+                        .collect::<Vec<_>>(),
                 )
                 .into(),
                 f("last_month_quantity", |x| x.last_month_quantity),
@@ -359,10 +365,20 @@ impl ProductSummary {
         let desc = strs(&df, "description")?;
         let country = strs(&df, "usual_country")?;
         let g = |name: &str| -> Result<Vec<f64>> {
-            Ok(df.column(name)?.f64()?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+            Ok(df
+                .column(name)?
+                .f64()?
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect())
         };
         let i = |name: &str| -> Result<Vec<i64>> {
-            Ok(df.column(name)?.i64()?.iter().map(|v| v.unwrap_or(0)).collect())
+            Ok(df
+                .column(name)?
+                .i64()?
+                .iter()
+                .map(|v| v.unwrap_or(0))
+                .collect())
         };
         let (n_lines, n_inv, pmin, p05, pmed, p95, pmax) = (
             g("n_lines")?,

@@ -4,11 +4,15 @@
 
 use etl::synth::{SynthConfig, generate};
 use features::{
-    DesignMatrix, FeatureParams, PreprocessParams, ProductSummary, PriceRef, build_features, price_features, split,
+    DesignMatrix, FeatureParams, PreprocessParams, PriceRef, ProductSummary, build_features,
+    price_features, split,
 };
 
 fn outputs() -> features::FeatureOutputs {
-    let data = generate(&SynthConfig { n_invoices: 1500, ..Default::default() });
+    let data = generate(&SynthConfig {
+        n_invoices: 1500,
+        ..Default::default()
+    });
     let raw = etl::read_raw_bytes(data.csv.as_bytes(), "s.csv").unwrap();
     let (tx, _) = etl::clean(&raw, &etl::EtlParams::default()).unwrap();
     build_features(&tx, &FeatureParams::default(), None).unwrap()
@@ -22,7 +26,10 @@ fn parts_are_in_time_order_and_cover_every_row() {
     let min = |m: &DesignMatrix| *m.ts.iter().min().unwrap();
     assert!(max(&parts.train) < min(&parts.val));
     assert!(max(&parts.val) < min(&parts.test));
-    assert_eq!(parts.train.len() + parts.val.len() + parts.test.len(), out.table.len());
+    assert_eq!(
+        parts.train.len() + parts.val.len() + parts.test.len(),
+        out.table.len()
+    );
     let share = parts.train.len() as f64 / out.table.len() as f64;
     assert!((0.65..0.75).contains(&share), "train share {share}");
     assert!(parts.train.x.iter().all(|v| v.is_finite()));
@@ -36,11 +43,20 @@ fn the_preprocessor_is_fitted_on_training_rows_only() {
     let price = pre.numeric.iter().find(|c| c.name == "unit_price").unwrap();
     let ts = out.table.timestamps().unwrap();
     let prices = out.table.numeric("unit_price").unwrap();
-    let train: Vec<f64> = prices.iter().zip(ts).filter(|(_, t)| **t < out.window.train_end).map(|(p, _)| *p).collect();
+    let train: Vec<f64> = prices
+        .iter()
+        .zip(ts)
+        .filter(|(_, t)| **t < out.window.train_end)
+        .map(|(p, _)| *p)
+        .collect();
     let mean = train.iter().sum::<f64>() / train.len() as f64;
     assert!((price.center - mean).abs() < 1e-9);
     // Standard scaling: the training column has mean 0, std 1.
-    let j = pre.feature_names.iter().position(|n| n == "unit_price").unwrap();
+    let j = pre
+        .feature_names
+        .iter()
+        .position(|n| n == "unit_price")
+        .unwrap();
     let col = parts.train.x.column(j);
     assert!(col.mean().unwrap().abs() < 1e-9);
     assert!((col.std(0.0) - 1.0).abs() < 1e-9);
@@ -51,11 +67,30 @@ fn stock_code_encoding_is_cross_fitted_on_train() {
     let out = outputs();
     let parts = split(&out.table, &out.window, &PreprocessParams::default()).unwrap();
     let pre = &parts.preprocessor;
-    let j = pre.feature_names.iter().position(|n| n == "stock_code_te").unwrap();
+    let j = pre
+        .feature_names
+        .iter()
+        .position(|n| n == "stock_code_te")
+        .unwrap();
     let (c, s) = pre.stock_code_scale;
-    let full: Vec<f64> = parts.train.stock_code.iter().map(|code| (pre.stock_code.encode(code) - c) / s).collect();
-    let differs = parts.train.x.column(j).iter().zip(&full).filter(|(a, b)| (*a - *b).abs() > 1e-12).count();
-    assert!(differs > parts.train.len() / 2, "training rows use out-of-fold encodings");
+    let full: Vec<f64> = parts
+        .train
+        .stock_code
+        .iter()
+        .map(|code| (pre.stock_code.encode(code) - c) / s)
+        .collect();
+    let differs = parts
+        .train
+        .x
+        .column(j)
+        .iter()
+        .zip(&full)
+        .filter(|(a, b)| (*a - *b).abs() > 1e-12)
+        .count();
+    assert!(
+        differs > parts.train.len() / 2,
+        "training rows use out-of-fold encodings"
+    );
     // Validation rows use the full training fit.
     for (i, code) in parts.val.stock_code.iter().enumerate().take(50) {
         assert!((parts.val.x[[i, j]] - (pre.stock_code.encode(code) - c) / s).abs() < 1e-12);
@@ -84,30 +119,64 @@ fn serving_can_rebuild_a_row_from_the_summary_and_contexts() {
     let rows = out.contexts.table.rows().unwrap();
     for row in rows.iter().take(100) {
         let s = out.summary.get(row.stock_code).unwrap();
-        let reference = PriceRef { max: s.ref_price_max, mean: s.ref_price_mean, median: s.ref_price_median };
+        let reference = PriceRef {
+            max: s.ref_price_max,
+            mean: s.ref_price_mean,
+            median: s.ref_price_median,
+        };
         let (rel_max, rel_mean, rel_median, sq, lp) = price_features(row.unit_price, &reference);
         assert_eq!(
             (rel_max, rel_mean, rel_median, sq, lp),
-            (row.price_rel_max, row.price_rel_mean, row.price_rel_median, row.price_squared, row.log1p_price)
+            (
+                row.price_rel_max,
+                row.price_rel_mean,
+                row.price_rel_median,
+                row.price_squared,
+                row.log1p_price
+            )
         );
         assert_eq!(s.popularity, row.product_popularity);
     }
     // Contexts hold at most `recent_contexts` rows per product, the latest ones.
     let codes = out.contexts.table.stock_codes().unwrap();
     let first = codes[0];
-    assert!(codes.iter().filter(|c| **c == first).count() <= FeatureParams::default().recent_contexts);
+    assert!(
+        codes.iter().filter(|c| **c == first).count() <= FeatureParams::default().recent_contexts
+    );
 }
 
 #[test]
 fn invalid_split_params_are_rejected_with_a_message() {
-    let data = generate(&SynthConfig { n_invoices: 50, ..Default::default() });
+    let data = generate(&SynthConfig {
+        n_invoices: 50,
+        ..Default::default()
+    });
     let raw = etl::read_raw_bytes(data.csv.as_bytes(), "s.csv").unwrap();
     let (tx, _) = etl::clean(&raw, &etl::EtlParams::default()).unwrap();
-    let p = FeatureParams { split: features::SplitRule::Fraction { train: 0.9, val: 0.2 }, ..Default::default() };
-    assert!(build_features(&tx, &p, None).unwrap_err().to_string().contains("train + val < 1"));
     let p = FeatureParams {
-        split: features::SplitRule::Date { train_end: "2011-13-01".into(), val_end: "2011-12-01".into() },
+        split: features::SplitRule::Fraction {
+            train: 0.9,
+            val: 0.2,
+        },
         ..Default::default()
     };
-    assert!(build_features(&tx, &p, None).unwrap_err().to_string().contains("YYYY-MM-DD"));
+    assert!(
+        build_features(&tx, &p, None)
+            .unwrap_err()
+            .to_string()
+            .contains("train + val < 1")
+    );
+    let p = FeatureParams {
+        split: features::SplitRule::Date {
+            train_end: "2011-13-01".into(),
+            val_end: "2011-12-01".into(),
+        },
+        ..Default::default()
+    };
+    assert!(
+        build_features(&tx, &p, None)
+            .unwrap_err()
+            .to_string()
+            .contains("YYYY-MM-DD")
+    );
 }

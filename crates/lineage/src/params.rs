@@ -55,9 +55,9 @@ impl Params {
             let entry = table
                 .entry(part.to_string())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry
-                .as_table_mut()
-                .ok_or_else(|| LineageError::Params(format!("`{part}` in `{key}` is not a table")))?;
+            table = entry.as_table_mut().ok_or_else(|| {
+                LineageError::Params(format!("`{part}` in `{key}` is not a table"))
+            })?;
         }
         table.insert(last.to_string(), value.into());
         Ok(())
@@ -97,7 +97,8 @@ impl Params {
     /// A string.
     pub fn str(&self, key: &str) -> Result<&str> {
         let v = self.required(key)?;
-        v.as_str().ok_or_else(|| Self::type_error(key, "a string", v))
+        v.as_str()
+            .ok_or_else(|| Self::type_error(key, "a string", v))
     }
 
     /// An optional string (absent or empty string gives `None`).
@@ -105,7 +106,9 @@ impl Params {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
-                let s = v.as_str().ok_or_else(|| Self::type_error(key, "a string", v))?;
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| Self::type_error(key, "a string", v))?;
                 Ok(if s.is_empty() { None } else { Some(s) })
             }
         }

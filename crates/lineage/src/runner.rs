@@ -314,10 +314,11 @@ impl<'a> Runner<'a> {
             stage: def.name.clone(),
             source: e.into(),
         })?;
-        let mut metrics = serde_json::to_vec_pretty(&report).map_err(|e| LineageError::Contract {
-            stage: def.name.clone(),
-            reason: format!("metrics are not serialisable: {e}"),
-        })?;
+        let mut metrics =
+            serde_json::to_vec_pretty(&report).map_err(|e| LineageError::Contract {
+                stage: def.name.clone(),
+                reason: format!("metrics are not serialisable: {e}"),
+            })?;
         metrics.push(b'\n');
         let metrics_hash = self.store.put(&def.metrics_key(), &metrics)?;
         let mut outs = std::mem::take(&mut writer.written);

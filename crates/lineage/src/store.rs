@@ -112,7 +112,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| LineageError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| LineageError::io(path, e))?;
+    tmp.write_all(bytes)
+        .map_err(|e| LineageError::io(path, e))?;
+    #[cfg(unix)]
+    {
+        // Temp files are created 0600; artifacts are ordinary files (0644, less umask).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(|e| LineageError::io(path, e))?;
+    }
     tmp.as_file()
         .sync_all()
         .map_err(|e| LineageError::io(path, e))?;
@@ -264,7 +273,9 @@ pub struct S3Store {
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Store").field("config", &self.config).finish()
+        f.debug_struct("S3Store")
+            .field("config", &self.config)
+            .finish()
     }
 }
 

@@ -230,9 +230,8 @@ pub fn metrics(store: &dyn ArtifactStore) -> Result<Vec<(String, serde_json::Val
         else {
             continue;
         };
-        let value: serde_json::Value = serde_json::from_slice(&store.get(&key)?).map_err(|e| {
-            PipelineError::Config(format!("metrics file `{key}` is not JSON: {e}"))
-        })?;
+        let value: serde_json::Value = serde_json::from_slice(&store.get(&key)?)
+            .map_err(|e| PipelineError::Config(format!("metrics file `{key}` is not JSON: {e}")))?;
         out.push((name.replace('=', "@"), value));
     }
     Ok(out)
@@ -258,6 +257,9 @@ mod tests {
         c.stockcode = Some("../../etc".into());
         assert!(c.effective_stockcode().is_err());
         c.stockcode = Some("85123A".into());
-        assert_eq!(c.effective_stockcode().ok().flatten().as_deref(), Some("85123A"));
+        assert_eq!(
+            c.effective_stockcode().ok().flatten().as_deref(),
+            Some("85123A")
+        );
     }
 }

@@ -3,11 +3,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use features::{
-    FeatureParams, FeatureTable, PreprocessParams, Scaling, SplitRule, TrainWindow,
-};
+use features::{FeatureParams, FeatureTable, PreprocessParams, Scaling, SplitRule, TrainWindow};
 use indicatif::{ProgressBar, ProgressStyle};
-use lineage::{Dep, LineageError, Params, Runner, StageDef, StageOutcome, StageReport, StageWriter};
+use lineage::{
+    Dep, LineageError, Params, Runner, StageDef, StageOutcome, StageReport, StageWriter,
+};
 
 use crate::{PipelineConfig, Stage};
 
@@ -44,7 +44,9 @@ pub struct ArtifactKeys {
 impl ArtifactKeys {
     /// Keys for all products (`None`) or one stock code.
     pub fn new(stockcode: Option<&str>) -> Self {
-        let scope = stockcode.map(|c| format!("/stockcode={c}")).unwrap_or_default();
+        let scope = stockcode
+            .map(|c| format!("/stockcode={c}"))
+            .unwrap_or_default();
         let f = |stage: &str, name: &str| format!("{stage}{scope}/{name}");
         Self {
             stockcode: stockcode.map(str::to_string),
@@ -70,7 +72,11 @@ impl ArtifactKeys {
 }
 
 fn code_version(src_hash: &str) -> String {
-    format!("{}+{}", env!("CARGO_PKG_VERSION"), &src_hash[..12.min(src_hash.len())])
+    format!(
+        "{}+{}",
+        env!("CARGO_PKG_VERSION"),
+        &src_hash[..12.min(src_hash.len())]
+    )
 }
 
 fn keys(list: &[&str]) -> Vec<String> {
@@ -236,11 +242,17 @@ pub(crate) fn run_stage(
             let raw_path = config.raw.clone();
             runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
                 bar.set_message(format!("reading {}", raw_path.display()));
+                let t0 = std::time::Instant::now();
                 let raw = etl::read_raw_file(&raw_path)?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: read csv");
                 bar.set_message(format!("validating and cleaning {} rows", raw.height()));
+                let t0 = std::time::Instant::now();
                 let (tx, report) = etl::clean(&raw, &etl_params)?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: clean");
                 bar.set_message("writing transactions.parquet");
+                let t0 = std::time::Instant::now();
                 w.put(&k.transactions, &tx.to_parquet()?)?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: write");
                 Ok(StageReport {
                     rows_in: report.rows_in,
                     rows_out: report.rows_out,
@@ -252,14 +264,33 @@ pub(crate) fn run_stage(
             let fp = feature_params(params)?;
             runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
                 bar.set_message("reading transactions");
+                let t0 = std::time::Instant::now();
                 let tx = etl::Transactions::from_parquet(&w.get(&k.transactions)?)?;
+                tracing::debug!(
+                    ms = t0.elapsed().as_millis() as u64,
+                    "features: read transactions"
+                );
                 bar.set_message(format!("engineering features for {} rows", tx.len()));
+                let t0 = std::time::Instant::now();
                 let out = features::build_features(&tx, &fp, k.stockcode.as_deref())?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: build");
+                let t0 = std::time::Instant::now();
                 bar.set_message("writing features");
-                w.put(&k.features, &out.table.to_parquet()?)?;
-                w.put(&k.summary, &out.summary.to_parquet()?)?;
-                w.put(&k.contexts, &out.contexts.to_parquet()?)?;
+                // Serialise the three tables on separate threads, then store them.
+                let (table, summary, contexts) = std::thread::scope(|s| {
+                    let summary = s.spawn(|| out.summary.to_parquet());
+                    let contexts = s.spawn(|| out.contexts.to_parquet());
+                    let table = out.table.to_parquet();
+                    (table, summary.join(), contexts.join())
+                });
+                let joined = |r: std::thread::Result<features::Result<Vec<u8>>>| {
+                    r.map_err(|_| LineageError::Config("a serialisation thread panicked".into()))
+                };
+                w.put(&k.features, &table?)?;
+                w.put(&k.summary, &joined(summary)??)?;
+                w.put(&k.contexts, &joined(contexts)??)?;
                 w.put(&k.window, &pretty(&out.window)?)?;
+                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: write");
                 Ok(StageReport {
                     rows_in: out.report.rows_in,
                     rows_out: out.report.rows_out,
@@ -273,14 +304,28 @@ pub(crate) fn run_stage(
                 bar.set_message("reading features");
                 let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
                 let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
-                bar.set_message(format!("splitting {} rows, fitting the preprocessor", table.len()));
+                bar.set_message(format!(
+                    "splitting {} rows, fitting the preprocessor",
+                    table.len()
+                ));
                 let parts = features::split(&table, &window, &pp)?;
                 bar.set_message("writing model matrices");
-                w.put(&k.train, &parts.train.to_parquet()?)?;
-                w.put(&k.val, &parts.val.to_parquet()?)?;
-                w.put(&k.test, &parts.test.to_parquet()?)?;
+                let (train, val, test) = std::thread::scope(|s| {
+                    let val = s.spawn(|| parts.val.to_parquet());
+                    let test = s.spawn(|| parts.test.to_parquet());
+                    (parts.train.to_parquet(), val.join(), test.join())
+                });
+                let joined = |r: std::thread::Result<features::Result<Vec<u8>>>| {
+                    r.map_err(|_| LineageError::Config("a serialisation thread panicked".into()))
+                };
+                w.put(&k.train, &train?)?;
+                w.put(&k.val, &joined(val)??)?;
+                w.put(&k.test, &joined(test)??)?;
                 w.put(&k.preprocessor, &parts.preprocessor.to_json()?)?;
-                w.put(&k.feature_names, &pretty(&parts.preprocessor.feature_names)?)?;
+                w.put(
+                    &k.feature_names,
+                    &pretty(&parts.preprocessor.feature_names)?,
+                )?;
                 Ok(StageReport {
                     rows_in: table.len() as u64,
                     rows_out: parts.report.rows.iter().sum(),
