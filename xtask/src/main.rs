@@ -16,6 +16,20 @@ use clap::{Parser, Subcommand};
 use lineage::{ArtifactStore, Params};
 use pipeline::{PipelineConfig, Stage};
 
+/// `println!` that ends the process quietly when stdout is closed
+/// (`cargo xtask metrics | head`) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            return Err(e.into());
+        }
+    }};
+}
+
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
 const REFERENCE_SHA256: &str = "ae0b5894e9c29449be61ad4ba9ec868083138431cfd5d8a51b2ab68659c4d508";
 
@@ -210,12 +224,16 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
     config.stockcode = common.stockcode.clone();
     config.progress = true;
     let summary = pipeline::run(&config)?;
-    println!(
+    outln!(
         "{:<22} {:<8} {:>10} {:>10} {:>10}",
-        "stage", "status", "rows in", "rows out", "time"
+        "stage",
+        "status",
+        "rows in",
+        "rows out",
+        "time"
     );
     for s in &summary.stages {
-        println!(
+        outln!(
             "{:<22} {:<8} {:>10} {:>10} {:>10}",
             s.name,
             if s.ran { "ran" } else { "skipped" },
@@ -224,16 +242,16 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
             fmt_secs(s.elapsed)
         );
         for r in &s.reasons {
-            println!("{:<22}   because {r}", "");
+            outln!("{:<22}   because {r}", "");
         }
         if s.name == "etl"
             && let Some(dropped) = s.report.metrics.get("dropped").and_then(|d| d.as_object())
         {
             let parts: Vec<String> = dropped.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            println!("{:<22}   dropped: {}", "", parts.join(", "));
+            outln!("{:<22}   dropped: {}", "", parts.join(", "));
         }
     }
-    println!(
+    outln!(
         "total {} ({} ran, {} skipped); artifacts in {}",
         fmt_secs(summary.elapsed),
         summary.stages.iter().filter(|s| s.ran).count(),
@@ -253,17 +271,17 @@ fn cmd_status(common: &Common) -> Result<()> {
     let mut stale = 0;
     for s in &statuses {
         if s.reasons.is_empty() {
-            println!("{}: up to date", s.name);
+            outln!("{}: up to date", s.name);
         } else {
             stale += 1;
-            println!("{}: stale", s.name);
+            outln!("{}: stale", s.name);
             for r in &s.reasons {
-                println!("    {r}");
+                outln!("    {r}");
             }
         }
     }
     if stale == 0 {
-        println!("pipeline is up to date");
+        outln!("pipeline is up to date");
     }
     Ok(())
 }
@@ -303,15 +321,15 @@ fn cmd_metrics(out: &str, as_json: bool) -> Result<()> {
     }
     if as_json {
         let map: serde_json::Map<String, serde_json::Value> = metrics.into_iter().collect();
-        println!("{}", serde_json::to_string_pretty(&map)?);
+        outln!("{}", serde_json::to_string_pretty(&map)?);
         return Ok(());
     }
     for (stage, value) in metrics {
-        println!("{stage}:");
+        outln!("{stage}:");
         let mut rows = Vec::new();
         flatten("", &value, &mut rows);
         for (k, v) in rows {
-            println!("  {k:<48} {v}");
+            outln!("  {k:<48} {v}");
         }
     }
     Ok(())
@@ -345,7 +363,7 @@ fn cmd_data(from: Option<&Path>, dest: Option<PathBuf>) -> Result<()> {
     } else {
         "differs from the reference UCI copy (your own export?)"
     };
-    println!(
+    outln!(
         "copied {} ({} data rows) to {}\nsha256 {hash}: {verdict}",
         from.display(),
         raw.height(),
@@ -374,7 +392,7 @@ fn cmd_gen(out: &Path, seed: u64, invoices: usize, products: usize, clean: bool)
         std::fs::create_dir_all(parent)?;
     }
     lineage::write_atomic(out, &bytes)?;
-    println!(
+    outln!(
         "wrote {} rows ({} products, {} dirty rows) to {}",
         data.rows,
         data.products.len(),
@@ -407,7 +425,7 @@ fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
     let mut per_stage: Vec<(String, Vec<f64>)> = Vec::new();
     let mut totals = Vec::new();
     let mut skip_totals = Vec::new();
-    println!(
+    outln!(
         "bench: {} ({} runs + 1 warm-up, stages up to {})",
         raw.display(),
         runs,
@@ -442,15 +460,15 @@ fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
         skip_totals.push(skip.as_secs_f64());
     }
     for (name, mut v) in per_stage {
-        println!("  {name:<10} median {:.3} s", median(&mut v));
+        outln!("  {name:<10} median {:.3} s", median(&mut v));
     }
-    println!(
+    outln!(
         "  {:<10} median {:.3} s (min {:.3} s)",
         "total",
         median(&mut totals.clone()),
         totals.iter().copied().fold(f64::INFINITY, f64::min)
     );
-    println!(
+    outln!(
         "  {:<10} median {:.3} s (all stages skipped)",
         "no-op run",
         median(&mut skip_totals)
