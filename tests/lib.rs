@@ -118,3 +118,29 @@ pub fn write_synthetic(
     std::fs::write(&path, &data.csv)?;
     Ok((path, data))
 }
+
+/// The default params with a small model budget, so a whole pipeline run on
+/// synthetic data takes seconds in a debug build.
+pub fn fast_params() -> lineage::Params {
+    let mut p = pipeline::default_params();
+    let set = |p: &mut lineage::Params, k: &str, v: toml::Value| {
+        if let Err(e) = p.set(k, v) {
+            panic!("{k}: {e}");
+        }
+    };
+    set(&mut p, "tuning.tuner", "grid".into());
+    set(&mut p, "tuning.grid_points_per_dim", 2.into());
+    set(&mut p, "tuning.grid_max_points", 2.into());
+    set(&mut p, "models.tuning_rows", 2000.into());
+    set(&mut p, "models.tuning_val_rows", 1000.into());
+    set(&mut p, "models.tuning_mlp_epochs", 2.into());
+    set(&mut p, "models.mlp_max_epochs", 3.into());
+    set(&mut p, "models.svr_rows", 200.into());
+    p
+}
+
+/// Whether an artifact key holds timings (metrics, trial records), which
+/// differ between otherwise identical runs.
+pub fn is_timing_record(key: &str) -> bool {
+    key.starts_with("metrics/") || key.ends_with("/trials.json")
+}

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+include!("../../build-support/torch_rpath.rs");
+
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -18,20 +20,27 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
+    emit_torch_rpath();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let crates = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
-    for (krate, var) in [("etl", "ETL_SRC_HASH"), ("features", "FEATURES_SRC_HASH")] {
-        let src = crates.join(krate).join("src");
-        println!("cargo:rerun-if-changed={}", src.display());
-        let mut files = Vec::new();
-        collect(&src, &mut files);
-        files.sort();
+    for (krates, var) in [
+        (&["etl"][..], "ETL_SRC_HASH"),
+        (&["features"][..], "FEATURES_SRC_HASH"),
+        (&["models", "tuning"][..], "MODELS_SRC_HASH"),
+    ] {
         let mut hasher = blake3::Hasher::new();
-        for f in &files {
-            if let Ok(rel) = f.strip_prefix(&src) {
-                hasher.update(rel.to_string_lossy().as_bytes());
+        for krate in krates {
+            let src = crates.join(krate).join("src");
+            println!("cargo:rerun-if-changed={}", src.display());
+            let mut files = Vec::new();
+            collect(&src, &mut files);
+            files.sort();
+            for f in &files {
+                if let Ok(rel) = f.strip_prefix(&crates) {
+                    hasher.update(rel.to_string_lossy().as_bytes());
+                }
+                hasher.update(&std::fs::read(f).unwrap_or_default());
             }
-            hasher.update(&std::fs::read(f).unwrap_or_default());
         }
         println!("cargo:rustc-env={var}={}", hasher.finalize().to_hex());
     }

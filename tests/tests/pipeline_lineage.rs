@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use etl::synth::SynthConfig;
-use integration_tests::{S3TestServer, write_synthetic};
+use integration_tests::{S3TestServer, fast_params, is_timing_record, write_synthetic};
 use lineage::{ArtifactStore, LOCK_KEY, LocalStore, LockFile, Params};
-use pipeline::{PipelineConfig, Stage, default_params};
+use pipeline::{PipelineConfig, Stage};
 
 fn dataset(dir: &Path) -> PathBuf {
     write_synthetic(
@@ -44,7 +44,11 @@ fn ran(v: &[(String, bool)]) -> Vec<&str> {
 
 fn outs(store: &dyn ArtifactStore) -> BTreeMap<String, String> {
     let lock = LockFile::load(store).unwrap();
-    lock.stages.values().flat_map(|s| s.outs.clone()).collect()
+    lock.stages
+        .values()
+        .flat_map(|s| s.outs.clone())
+        .filter(|(k, _)| !is_timing_record(k))
+        .collect()
 }
 
 #[test]
@@ -52,16 +56,16 @@ fn second_run_skips_every_stage() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let p = default_params();
+    let p = fast_params();
     assert_eq!(
         ran(&run(&store, &raw, &p)),
-        vec!["etl", "features", "split"]
+        vec!["etl", "features", "split", "models"]
     );
     assert!(ran(&run(&store, &raw, &p)).is_empty());
     let lock = LockFile::load(&store).unwrap();
     assert_eq!(
         lock.stages.keys().collect::<Vec<_>>(),
-        vec!["etl", "features", "split"]
+        vec!["etl", "features", "models", "split"]
     );
     assert_eq!(
         lock.stages["split"].params["preprocess.scaling"],
@@ -74,14 +78,20 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let mut p = default_params();
+    let mut p = fast_params();
     run(&store, &raw, &p);
 
     p.set("preprocess.scaling", "minmax").unwrap();
-    assert_eq!(ran(&run(&store, &raw, &p)), vec!["split"]);
+    assert_eq!(ran(&run(&store, &raw, &p)), vec!["split", "models"]);
+
+    p.set("models.svr_rows", 150).unwrap();
+    assert_eq!(ran(&run(&store, &raw, &p)), vec!["models"]);
 
     p.set("split.train_fraction", 0.6).unwrap();
-    assert_eq!(ran(&run(&store, &raw, &p)), vec!["features", "split"]);
+    assert_eq!(
+        ran(&run(&store, &raw, &p)),
+        vec!["features", "split", "models"]
+    );
 
     // etl re-runs, but its output is byte-identical (no such code in the data),
     // so nothing downstream re-runs.
@@ -96,7 +106,7 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     p.set("etl.product_code_pattern", "^20[0-9]{3}[AB]$")
         .unwrap();
     let r = run(&store, &raw, &p);
-    assert_eq!(ran(&r), vec!["etl", "features", "split"]);
+    assert_eq!(ran(&r), vec!["etl", "features", "split", "models"]);
 }
 
 #[test]
@@ -104,7 +114,7 @@ fn status_names_the_changed_param_and_the_stale_downstream_stage() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let mut p = default_params();
+    let mut p = fast_params();
     run(&store, &raw, &p);
     let config = PipelineConfig::new(raw.clone(), &store, p.clone());
     assert!(
@@ -140,7 +150,7 @@ fn until_stops_after_the_named_stage() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let mut config = PipelineConfig::new(raw, &store, default_params());
+    let mut config = PipelineConfig::new(raw, &store, fast_params());
     config.until = Some(Stage::Features);
     let s = pipeline::run(&config).unwrap();
     assert_eq!(s.stages.len(), 2);
@@ -161,10 +171,10 @@ fn a_stockcode_run_writes_its_own_artifacts() {
     )
     .unwrap();
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    run(&store, &raw, &default_params());
+    run(&store, &raw, &fast_params());
     let before = outs(&store);
     let code = data.products[0].stock_code.clone();
-    let mut config = PipelineConfig::new(raw.clone(), &store, default_params());
+    let mut config = PipelineConfig::new(raw.clone(), &store, fast_params());
     config.stockcode = Some(code.clone());
     let s = pipeline::run(&config).unwrap();
     let names: Vec<_> = s.stages.iter().map(|o| (o.name.clone(), o.ran)).collect();
@@ -173,7 +183,8 @@ fn a_stockcode_run_writes_its_own_artifacts() {
         vec![
             ("etl".to_string(), false),
             (format!("features@{code}"), true),
-            (format!("split@{code}"), true)
+            (format!("split@{code}"), true),
+            (format!("models@{code}"), true)
         ]
     );
     let table = features::FeatureTable::from_parquet(
@@ -200,13 +211,13 @@ fn a_failing_stage_leaves_lock_and_artifacts_as_they_were() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    run(&store, &raw, &default_params());
+    run(&store, &raw, &fast_params());
     let lock_before = store.get(LOCK_KEY).unwrap();
     let outs_before = outs(&store);
     let mut text = std::fs::read_to_string(&raw).unwrap();
     text.push_str("999999,85123A,BROKEN,7,not-a-date,1.0,12345,United Kingdom\n");
     std::fs::write(&raw, text).unwrap();
-    let config = PipelineConfig::new(raw.clone(), &store, default_params());
+    let config = PipelineConfig::new(raw.clone(), &store, fast_params());
     let err = pipeline::run(&config).unwrap_err().to_string();
     assert!(
         err.contains("raw.csv") && err.contains("column `InvoiceDate`") && err.contains("line "),
@@ -224,22 +235,22 @@ fn runs_are_deterministic_and_identical_on_local_and_s3_stores() {
     let raw = dataset(dir.path());
     let a = LocalStore::new(dir.path().join("a")).unwrap();
     let b = LocalStore::new(dir.path().join("b")).unwrap();
-    run(&a, &raw, &default_params());
-    run(&b, &raw, &default_params());
+    run(&a, &raw, &fast_params());
+    run(&b, &raw, &fast_params());
     assert_eq!(outs(&a), outs(&b));
 
     let server = S3TestServer::start("pipeline").unwrap();
     let s3 = server.store("pipeline", "runs/1").unwrap();
-    assert_eq!(ran(&run(&s3, &raw, &default_params())).len(), 3);
+    assert_eq!(ran(&run(&s3, &raw, &fast_params())).len(), 4);
     assert_eq!(outs(&s3), outs(&a));
     assert!(
-        ran(&run(&s3, &raw, &default_params())).is_empty(),
+        ran(&run(&s3, &raw, &fast_params())).is_empty(),
         "S3 re-run skipped nothing"
     );
     let metrics = pipeline::metrics(&s3).unwrap();
     assert_eq!(
         metrics.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
-        vec!["etl", "features", "split"]
+        vec!["etl", "features", "models", "split"]
     );
 }
 
@@ -248,7 +259,7 @@ fn deleting_an_output_reruns_its_stage_only() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    run(&store, &raw, &default_params());
+    run(&store, &raw, &fast_params());
     store.delete("split/val.parquet").unwrap();
-    assert_eq!(ran(&run(&store, &raw, &default_params())), vec!["split"]);
+    assert_eq!(ran(&run(&store, &raw, &fast_params())), vec!["split"]);
 }

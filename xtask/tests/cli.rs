@@ -7,9 +7,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+/// A small model budget so a full pipeline takes seconds in a debug build.
+const FAST: [&str; 16] = [
+    "--set",
+    "tuning.tuner=\"grid\"",
+    "--set",
+    "tuning.grid_max_points=2",
+    "--set",
+    "tuning.grid_points_per_dim=2",
+    "--set",
+    "models.mlp_max_epochs=3",
+    "--set",
+    "models.tuning_mlp_epochs=2",
+    "--set",
+    "models.svr_rows=200",
+    "--set",
+    "models.tuning_rows=2000",
+    "--set",
+    "models.tuning_val_rows=1000",
+];
+
 fn xtask(args: &[&str], cwd: &Path) -> Output {
+    let fast = matches!(args.first(), Some(&"pipeline") | Some(&"status"));
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
+        .args(if fast { &FAST[..] } else { &[][..] })
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .output()
@@ -75,7 +97,7 @@ fn pipeline_runs_then_skips_and_reports() {
     let second = xtask(&["pipeline", "--raw", raw_s, "--out", out_s], dir.path());
     let stdout = text(&second.stdout);
     assert!(second.status.success());
-    assert_eq!(stdout.matches("skipped").count(), 4, "{stdout}"); // 3 rows + the total line
+    assert_eq!(stdout.matches("skipped").count(), 5, "{stdout}"); // 4 rows + the total line
     let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
     assert!(
         text(&status.stdout).contains("pipeline is up to date"),
@@ -103,6 +125,18 @@ fn pipeline_runs_then_skips_and_reports() {
     let m: serde_json::Value = serde_json::from_slice(&metrics.stdout).unwrap();
     assert!(m["etl"]["rows_in"].as_u64().unwrap() > 0);
     assert!(m["split"]["metrics"]["rows"].as_array().unwrap().len() == 3);
+    for model in ["mlp", "lightgbm", "svr", "elastic_net", "baseline"] {
+        for part in ["val", "test"] {
+            for metric in ["mse_log", "rmsle", "mae"] {
+                let v = m["models"]["metrics"][model][part][metric].as_f64();
+                assert!(
+                    v.is_some_and(f64::is_finite),
+                    "{model}.{part}.{metric}: {:?}",
+                    m["models"]["metrics"][model]
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -174,6 +208,8 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
     let o = xtask(
         &[
             "pipeline",
+            "--until",
+            "split",
             "--raw",
             raw_s,
             "--out",
@@ -189,7 +225,9 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
     let mut killed_mid_run = 0;
     for delay_ms in [30u64, 150, 400, 900, 1500] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["pipeline", "--force", "--raw", raw_s, "--out", victim_s])
+            .args([
+                "pipeline", "--force", "--until", "split", "--raw", raw_s, "--out", victim_s,
+            ])
             .current_dir(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -206,7 +244,12 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
         killed_mid_run > 0,
         "every run finished before it could be killed"
     );
-    let o = xtask(&["pipeline", "--raw", raw_s, "--out", victim_s], dir.path());
+    let o = xtask(
+        &[
+            "pipeline", "--until", "split", "--raw", raw_s, "--out", victim_s,
+        ],
+        dir.path(),
+    );
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert_eq!(lock_outs(&victim), expected);
     for (key, hash) in expected.as_object().unwrap() {

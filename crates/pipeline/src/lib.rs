@@ -1,5 +1,5 @@
 //! The price-model pipeline as a DAG of lineage stages:
-//! `etl → features → split` (models and quality gates join in later issues).
+//! `etl → features → split → models` (quality gates join in a later issue).
 //!
 //! Each stage is a function of typed artifacts read from and written to an
 //! [`ArtifactStore`]; the [`lineage::Runner`] decides whether it runs. This crate
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
 
-pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params};
+pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params, train_config};
 
 /// The default `params.toml`, compiled in (used when no params file exists).
 pub const DEFAULT_PARAMS: &str = include_str!("../../../params.toml");
@@ -57,11 +57,13 @@ pub enum Stage {
     Features,
     /// Features → train/val/test model matrices and the preprocessor.
     Split,
+    /// Model matrices → tuned models, their metrics and the production manifest.
+    Models,
 }
 
 impl Stage {
     /// All stages in DAG order.
-    pub const ALL: [Stage; 3] = [Stage::Etl, Stage::Features, Stage::Split];
+    pub const ALL: [Stage; 4] = [Stage::Etl, Stage::Features, Stage::Split, Stage::Models];
 
     /// The stage's name.
     pub fn name(self) -> &'static str {
@@ -69,6 +71,7 @@ impl Stage {
             Stage::Etl => "etl",
             Stage::Features => "features",
             Stage::Split => "split",
+            Stage::Models => "models",
         }
     }
 }
@@ -143,9 +146,10 @@ impl<'a> PipelineConfig<'a> {
     /// The stage definitions in DAG order.
     pub fn stage_defs(&self) -> Result<Vec<(Stage, StageDef)>> {
         let keys = ArtifactKeys::new(self.effective_stockcode()?.as_deref());
+        let priority = train_config(&self.params)?.priority;
         Ok(Stage::ALL
             .into_iter()
-            .map(|s| (s, stages::definition(s, &keys, &self.raw)))
+            .map(|s| (s, stages::definition(s, &keys, &self.raw, &priority)))
             .collect())
     }
 }
@@ -245,6 +249,7 @@ mod tests {
     fn compiled_in_params_parse_into_every_stage() {
         let p = Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_else(|e| panic!("{e}"));
         etl_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        train_config(&p).unwrap_or_else(|e| panic!("{e}"));
         feature_params(&p).unwrap_or_else(|e| panic!("{e}"));
         preprocess_params(&p).unwrap_or_else(|e| panic!("{e}"));
     }

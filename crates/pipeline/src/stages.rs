@@ -10,6 +10,8 @@ use lineage::{
 };
 
 use crate::{PipelineConfig, Stage};
+use models::tuning::TunerConfig;
+use models::{DesignMatrix, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig};
 
 /// Boxed error returned by stage bodies.
 type StageResult = Result<StageReport, Box<dyn std::error::Error + Send + Sync>>;
@@ -39,6 +41,10 @@ pub struct ArtifactKeys {
     pub preprocessor: String,
     /// Model-matrix column names.
     pub feature_names: String,
+    /// Directory of the trained models.
+    pub models_dir: String,
+    /// The production manifest.
+    pub manifest: String,
 }
 
 impl ArtifactKeys {
@@ -60,12 +66,16 @@ impl ArtifactKeys {
             test: f("split", "test.parquet"),
             preprocessor: f("split", "preprocessor.json"),
             feature_names: f("split", "feature_names.json"),
+            models_dir: format!("models{scope}"),
+            manifest: f("models", "manifest.json"),
         }
     }
 
     fn stage_name(&self, stage: Stage) -> String {
         match (&self.stockcode, stage) {
-            (Some(code), Stage::Features | Stage::Split) => format!("{}@{code}", stage.name()),
+            (Some(code), Stage::Features | Stage::Split | Stage::Models) => {
+                format!("{}@{code}", stage.name())
+            }
             _ => stage.name().to_string(),
         }
     }
@@ -83,8 +93,28 @@ fn keys(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// Output keys of the models stage for a priority list.
+fn model_outs(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<String> {
+    let mut outs = vec![k.manifest.clone()];
+    for kind in priority {
+        let dir = format!("{}/{}", k.models_dir, kind.name());
+        outs.push(format!("{dir}/model.json"));
+        outs.push(format!("{dir}/trials.json"));
+        if *kind == ModelKind::Mlp {
+            outs.push(format!("{dir}/weights.safetensors"));
+        }
+    }
+    outs.push(format!("{}/baseline/model.json", k.models_dir));
+    outs
+}
+
 /// The definition of `stage` for these artifact keys.
-pub(crate) fn definition(stage: Stage, k: &ArtifactKeys, raw: &Path) -> StageDef {
+pub(crate) fn definition(
+    stage: Stage,
+    k: &ArtifactKeys,
+    raw: &Path,
+    priority: &[ModelKind],
+) -> StageDef {
     let name = k.stage_name(stage);
     match stage {
         Stage::Etl => StageDef {
@@ -138,7 +168,84 @@ pub(crate) fn definition(stage: Stage, k: &ArtifactKeys, raw: &Path) -> StageDef
             ],
             code_version: code_version(env!("FEATURES_SRC_HASH")),
         },
+        Stage::Models => StageDef {
+            name,
+            deps: vec![
+                Dep::Artifact(k.train.clone()),
+                Dep::Artifact(k.val.clone()),
+                Dep::Artifact(k.test.clone()),
+            ],
+            params: keys(&[
+                "models.priority",
+                "models.seed",
+                "models.tuning_rows",
+                "models.tuning_val_rows",
+                "models.tuning_mlp_epochs",
+                "models.mlp_max_epochs",
+                "models.svr_rows",
+                "tuning.tuner",
+                "tuning.initial",
+                "tuning.iterations",
+                "tuning.grid_points_per_dim",
+                "tuning.grid_max_points",
+            ]),
+            outs: model_outs(k, priority),
+            code_version: code_version(env!("MODELS_SRC_HASH")),
+        },
     }
+}
+
+/// `[models]` and `[tuning]` params.
+pub fn train_config(p: &Params) -> Result<TrainConfig, LineageError> {
+    let priority = p
+        .get("models.priority")
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| LineageError::Params("`models.priority` must be a list".into()))?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .ok_or_else(|| LineageError::Params("`models.priority` must hold strings".into()))
+                .and_then(|s| {
+                    s.parse::<ModelKind>()
+                        .map_err(|e| LineageError::Params(format!("models.priority: {e}")))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if priority.is_empty() || priority.contains(&ModelKind::Baseline) {
+        return Err(LineageError::Params(
+            "`models.priority` must name at least one model, and not the baseline".into(),
+        ));
+    }
+    let seed = u64::try_from(p.i64("models.seed")?)
+        .map_err(|_| LineageError::Params("`models.seed` must be >= 0".into()))?;
+    let tuner = match p.str("tuning.tuner")? {
+        "ego" => TunerConfig::Ego {
+            initial: p.usize("tuning.initial")?,
+            iterations: p.usize("tuning.iterations")?,
+            seed,
+            fallback_points_per_dim: p.usize("tuning.grid_points_per_dim")?,
+            fallback_max_points: p.usize("tuning.grid_max_points")?,
+        },
+        "grid" => TunerConfig::Grid {
+            points_per_dim: p.usize("tuning.grid_points_per_dim")?,
+            max_points: p.usize("tuning.grid_max_points")?,
+        },
+        other => {
+            return Err(LineageError::Params(format!(
+                "`tuning.tuner` must be \"ego\" or \"grid\", found {other:?}"
+            )));
+        }
+    };
+    Ok(TrainConfig {
+        priority,
+        tuner,
+        tuning_rows: p.usize("models.tuning_rows")?,
+        tuning_val_rows: p.usize("models.tuning_val_rows")?,
+        tuning_mlp_epochs: p.usize("models.tuning_mlp_epochs")?,
+        mlp_max_epochs: p.usize("models.mlp_max_epochs")?,
+        svr_rows: p.usize("models.svr_rows")?,
+        seed,
+    })
 }
 
 /// `[etl]` params.
@@ -333,5 +440,129 @@ pub(crate) fn run_stage(
                 })
             })
         }
+        Stage::Models => {
+            let cfg = train_config(params)?;
+            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
+                bar.set_message("reading model matrices");
+                let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
+                let val = DesignMatrix::from_parquet(&w.get(&k.val)?)?;
+                let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+                let outcome = models::train_all(&cfg, &train, &val, &test, |m| bar.set_message(m.to_string()))?;
+                if outcome.models.is_empty() {
+                    let why: Vec<String> = outcome
+                        .failures
+                        .iter()
+                        .map(|(k, e)| format!("{}: {e}", k.name()))
+                        .collect();
+                    return Err(format!("no model could be trained: {}", why.join("; ")).into());
+                }
+                bar.set_message("writing models and the manifest");
+                let write_model = |w: &mut StageWriter<'_>, model: &dyn Regressor| -> StageResult2 {
+                    let dir = format!("{}/{}", k.models_dir, model.kind().name());
+                    let mut files = std::collections::BTreeMap::new();
+                    let mut hashes = std::collections::BTreeMap::new();
+                    for (name, bytes) in model.to_files()? {
+                        let key = format!("{dir}/{name}");
+                        w.put(&key, &bytes)?;
+                        hashes.insert(key.clone(), lineage::content_hash(&bytes));
+                        files.insert(name, key);
+                    }
+                    Ok((files, hashes))
+                };
+                let mut entries = Vec::new();
+                let mut metrics = serde_json::Map::new();
+                for m in &outcome.models {
+                    let kind = m.model.kind();
+                    let (files, hashes) = write_model(w, m.model.as_ref())?;
+                    if let Some(study) = &m.study {
+                        w.put(&format!("{}/{}/trials.json", k.models_dir, kind.name()), &pretty(study)?)?;
+                    }
+                    metrics.insert(
+                        kind.name().into(),
+                        serde_json::json!({
+                            "val": m.val,
+                            "test": m.test,
+                            "hyper_params": m.model.hyper_params(),
+                            "tuning": m.study.as_ref().map(|s| serde_json::json!({
+                                "tuner": s.tuner,
+                                "trials": s.trials.len(),
+                                "failed_trials": s.trials.iter().filter(|t| t.value.is_none()).count(),
+                                "best_val_mse_log": s.best().and_then(|t| t.value),
+                                "seconds_per_trial": s.mean_trial_seconds(),
+                                "fallback_reason": s.fallback_reason,
+                            })),
+                            "tuning_seconds": m.tuning_seconds,
+                            "fit_seconds": m.fit_seconds,
+                        }),
+                    );
+                    entries.push(ManifestEntry {
+                        kind,
+                        files,
+                        hashes,
+                        hyper_params: m.model.hyper_params(),
+                        val: m.val,
+                        test: m.test,
+                    });
+                }
+                for (kind, reason) in &outcome.failures {
+                    metrics.insert(kind.name().into(), serde_json::json!({ "error": reason }));
+                    // Keep the declared outputs honest: a failed model leaves a record.
+                    let dir = format!("{}/{}", k.models_dir, kind.name());
+                    let record = pretty(&serde_json::json!({ "trained": false, "error": reason }))?;
+                    w.put(&format!("{dir}/model.json"), &record)?;
+                    w.put(&format!("{dir}/trials.json"), &record)?;
+                    if *kind == ModelKind::Mlp {
+                        w.put(&format!("{dir}/weights.safetensors"), &[])?;
+                    }
+                }
+                let (bfiles, bhashes) = write_model(w, outcome.baseline.model.as_ref())?;
+                let baseline = ManifestEntry {
+                    kind: ModelKind::Baseline,
+                    files: bfiles,
+                    hashes: bhashes,
+                    hyper_params: serde_json::json!({}),
+                    val: outcome.baseline.val,
+                    test: outcome.baseline.test,
+                };
+                metrics.insert(
+                    "baseline".into(),
+                    serde_json::json!({ "val": baseline.val, "test": baseline.test }),
+                );
+                let probe_rows = val.len().min(8);
+                let probe_src = if probe_rows > 0 { &val } else { &train };
+                let probe: Vec<Vec<f64>> = (0..probe_src.len().min(8))
+                    .map(|i| probe_src.x.row(i).to_vec())
+                    .collect();
+                let version_input = serde_json::to_vec(&entries)?;
+                let manifest = Manifest {
+                    version: 1,
+                    model_version: lineage::content_hash(&version_input)[..16].to_string(),
+                    stockcode: k.stockcode.clone(),
+                    feature_names: train.feature_names.clone(),
+                    models: entries,
+                    baseline: Some(baseline),
+                    probe,
+                };
+                w.put(&k.manifest, &manifest.to_json()?)?;
+                metrics.insert("model_version".into(), manifest.model_version.clone().into());
+                metrics.insert(
+                    "served_order".into(),
+                    manifest.models.iter().map(|e| e.kind.name()).collect::<Vec<_>>().into(),
+                );
+                Ok(StageReport {
+                    rows_in: (train.len() + val.len() + test.len()) as u64,
+                    rows_out: manifest.models.len() as u64,
+                    metrics: serde_json::Value::Object(metrics),
+                })
+            })
+        }
     }
 }
+
+type StageResult2 = Result<
+    (
+        std::collections::BTreeMap<String, String>,
+        std::collections::BTreeMap<String, String>,
+    ),
+    Box<dyn std::error::Error + Send + Sync>,
+>;

@@ -1,0 +1,16 @@
+// Shared by the build scripts of crates whose binaries or tests link libtorch
+// (through `models/torch`): records libtorch's library directory as an rpath,
+// so test binaries and `cargo xtask` run with no LD_LIBRARY_PATH.
+// `LIBTORCH` comes from .cargo/config.toml ([env], set up by scripts/setup.sh).
+
+fn emit_torch_rpath() {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if let Ok(dir) = std::env::var("LIBTORCH") {
+        let lib = std::path::Path::new(&dir).join("lib");
+        // Resolve the .tools/libtorch symlink: binaries then keep working
+        // wherever the checkout goes.
+        if let Ok(lib) = lib.canonicalize() {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+        }
+    }
+}
