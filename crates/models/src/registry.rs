@@ -168,11 +168,7 @@ impl<'a> FailoverLoader<'a> {
     pub fn load(&self, manifest_keys: &[&str]) -> Result<LoadedModel> {
         let mut skipped = Vec::new();
         for key in manifest_keys {
-            let manifest = match self
-                .store
-                .get(key)
-                .and_then(|b| Ok(Manifest::from_json(&b)))
-            {
+            let manifest = match self.store.get(key).map(|b| Manifest::from_json(&b)) {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     tracing::warn!(manifest = %key, error = %e, "manifest unreadable");
