@@ -71,7 +71,7 @@ enum Command {
         /// Re-run every stage.
         #[arg(long)]
         force: bool,
-        /// Stop after this stage (etl, features, split).
+        /// Stop after this stage (etl, features, split, models).
         #[arg(long)]
         until: Option<String>,
     },
@@ -115,6 +115,15 @@ enum Command {
         /// Leave out cancellations, postage and other dirt.
         #[arg(long)]
         clean: bool,
+    },
+    /// Load the production model the way serving will, and say which one and why.
+    LoadModel {
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// Prefer this product's own models.
+        #[arg(long)]
+        stockcode: Option<String>,
     },
     /// Time the data stages and print medians.
     Bench {
@@ -165,6 +174,7 @@ fn run(command: Command) -> Result<()> {
             clean,
         } => cmd_gen(&out, seed, invoices, products, clean),
         Command::Bench { raw, runs, until } => cmd_bench(raw, runs, &until),
+        Command::LoadModel { out, stockcode } => cmd_load_model(&out, stockcode.as_deref()),
     }
 }
 
@@ -332,6 +342,30 @@ fn cmd_metrics(out: &str, as_json: bool) -> Result<()> {
             outln!("  {k:<48} {v}");
         }
     }
+    Ok(())
+}
+
+fn cmd_load_model(out: &str, stockcode: Option<&str>) -> Result<()> {
+    let store = lineage::open_store(out)?;
+    let global = pipeline::ArtifactKeys::new(None).manifest;
+    let mut keys = Vec::new();
+    if let Some(code) = stockcode {
+        keys.push(pipeline::ArtifactKeys::new(Some(code)).manifest);
+    }
+    keys.push(global);
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let loaded = models::load_from_store(store.as_ref(), &key_refs)?;
+    for s in &loaded.skipped {
+        outln!("skipped {} ({}): {}", s.kind.name(), s.manifest, s.reason);
+    }
+    outln!(
+        "serving {} from {} (model version {}): test RMSLE {:.4}, MAE {:.3}",
+        loaded.entry.kind.name(),
+        loaded.manifest_key,
+        loaded.manifest.model_version,
+        loaded.entry.test.rmsle,
+        loaded.entry.test.mae
+    );
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Elastic Net (linfa-elasticnet) on centred features.
 
 use linfa::traits::Fit;
-use ndarray::{Array1, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2, Axis, ShapeBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -74,7 +74,10 @@ impl ElasticNetParams {
                 model: "elastic_net",
                 reason: "empty training matrix".into(),
             })?;
-        let xc = &train.x - &mean;
+        // Coordinate descent walks columns: give it a column-major matrix
+        // (on 370k rows, an order of magnitude faster than row-major).
+        let mut xc = Array2::<f64>::zeros(train.x.raw_dim().f());
+        xc.assign(&(&train.x - &mean));
         let ds = linfa::Dataset::new(xc, train.y.clone());
         let fitted = linfa_elasticnet::ElasticNet::params()
             .penalty(self.alpha)
