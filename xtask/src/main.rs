@@ -75,6 +75,12 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// Refit the production models on new data (MLP warm-started) and replace
+    /// each only if it is not worse on the new validation window.
+    Retrain {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Which stages are stale, and why.
     Status {
         #[command(flatten)]
@@ -164,6 +170,7 @@ fn run(command: Command) -> Result<()> {
             until,
         } => cmd_pipeline(&common, force, until.as_deref()),
         Command::Status { common } => cmd_status(&common),
+        Command::Retrain { common } => cmd_retrain(&common),
         Command::Metrics { out, json } => cmd_metrics(&out, json),
         Command::Data { from, dest } => cmd_data(from.as_deref(), dest),
         Command::Gen {
@@ -267,6 +274,34 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
         summary.stages.iter().filter(|s| s.ran).count(),
         summary.stages.iter().filter(|s| !s.ran).count(),
         store.location()
+    );
+    Ok(())
+}
+
+fn cmd_retrain(common: &Common) -> Result<()> {
+    let params = load_params(common.params.as_deref(), &common.overrides)?;
+    let raw = raw_path(common.raw.clone(), &params)?;
+    check_raw_exists(&raw)?;
+    let store = lineage::open_store(&common.out)?;
+    let mut config = PipelineConfig::new(raw, store.as_ref(), params);
+    config.stockcode = common.stockcode.clone();
+    config.progress = true;
+    let report = pipeline::retrain(&config)?;
+    for d in &report.decisions {
+        outln!(
+            "{:<12} {:<8} production val MSE(log) {:>8} refit {:.4}: {}",
+            d.kind.name(),
+            if d.replaced { "replaced" } else { "kept" },
+            d.production_val_mse_log
+                .map_or("-".to_string(), |v| format!("{v:.4}")),
+            d.candidate_val_mse_log,
+            d.reason
+        );
+    }
+    outln!(
+        "model version {} -> {}",
+        report.model_version.0,
+        report.model_version.1
     );
     Ok(())
 }

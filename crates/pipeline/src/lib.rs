@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+mod retrain;
 mod stages;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
 
+pub use retrain::{RetrainDecision, RetrainReport, retrain};
 pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params, train_config};
 
 /// The default `params.toml`, compiled in (used when no params file exists).
