@@ -127,6 +127,26 @@ fn local_store_passes_the_suite() {
 }
 
 #[test]
+fn opening_a_local_store_sweeps_stale_temp_files_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etl")).unwrap();
+    let stale = dir.path().join("etl/.tmp-killed");
+    let fresh = dir.path().join("etl/.tmp-writing");
+    std::fs::write(&stale, b"half").unwrap();
+    std::fs::write(&fresh, b"half").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    LocalStore::new(dir.path()).unwrap();
+    assert!(!stale.exists());
+    assert!(fresh.exists(), "a live writer's temp file was removed");
+}
+
+#[test]
 fn s3_store_passes_the_suite_against_a_real_server() {
     let server = S3TestServer::start("artifacts").unwrap();
     let store = server.store("artifacts", "runs/r1").unwrap();

@@ -84,12 +84,44 @@ pub struct LocalStore {
     root: PathBuf,
 }
 
+/// Temporary files older than this are leftovers of a killed writer.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl LocalStore {
-    /// Creates the directory if needed.
+    /// Creates the directory if needed, and removes temporary files that a
+    /// killed writer left behind (older than ten minutes, so a live writer's
+    /// file is never touched).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| LineageError::io(&root, e))?;
-        Ok(Self { root })
+        let store = Self { root };
+        store.sweep_stale_temp_files();
+        Ok(store)
+    }
+
+    fn sweep_stale_temp_files(&self) {
+        let mut stack = vec![self.root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                    let old = entry
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > STALE_TEMP_AGE);
+                    if old && fs::remove_file(&path).is_ok() {
+                        tracing::info!(file = %path.display(), "removed a stale temporary file");
+                    }
+                }
+            }
+        }
     }
 
     /// The directory this store writes to.
