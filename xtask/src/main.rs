@@ -39,7 +39,12 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Log level filter (e.g. `info`, `pipeline=debug`); RUST_LOG also works.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUST_LOG",
+        default_value = "warn,egobox_gp=error,egobox_ego=error"
+    )]
     log: String,
 }
 
