@@ -75,12 +75,21 @@ fn val_loss(net: &Net, x: &Tensor, y: &Tensor) -> Result<f64> {
     f64::try_from(loss).map_err(err)
 }
 
+/// libtorch's random generator (weight init, dropout) is global to the
+/// process: trainings in parallel threads would interleave its draws and lose
+/// determinism, so MLP training holds this lock from seeding to the end.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub(crate) fn train(
     p: &MlpParams,
     train: &DesignMatrix,
     val: &DesignMatrix,
     warm_start: Option<&MlpModel>,
 ) -> Result<MlpModel> {
+    // A poisoned lock only means another training panicked; the RNG is reseeded below.
+    let _rng_guard = TORCH_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if train.is_empty() {
         return Err(err("empty training matrix"));
     }
