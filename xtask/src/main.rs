@@ -476,18 +476,6 @@ fn cmd_gen(out: &Path, seed: u64, invoices: usize, products: usize, clean: bool)
     Ok(())
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
     let params = load_params(None, &[])?;
     let raw = raw_path(raw, &params)?;
@@ -534,18 +522,18 @@ fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
         skip_totals.push(skip.as_secs_f64());
     }
     for (name, mut v) in per_stage {
-        outln!("  {name:<10} median {:.3} s", median(&mut v));
+        outln!("  {name:<10} median {:.3} s", features::median(&mut v));
     }
     outln!(
         "  {:<10} median {:.3} s (min {:.3} s)",
         "total",
-        median(&mut totals.clone()),
+        features::median(&mut totals.clone()),
         totals.iter().copied().fold(f64::INFINITY, f64::min)
     );
     outln!(
         "  {:<10} median {:.3} s (all stages skipped)",
         "no-op run",
-        median(&mut skip_totals)
+        features::median(&mut skip_totals)
     );
     Ok(())
 }

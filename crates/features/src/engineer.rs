@@ -229,6 +229,7 @@ fn window_for(sorted_ts: &[i64], rule: &SplitRule) -> Result<TrainWindow> {
     Ok(TrainWindow::new(start, train_end, val_end, end))
 }
 
+/// The median of an ascending slice (NaN when empty).
 fn median_sorted(v: &[f64]) -> f64 {
     let n = v.len();
     if n == 0 {
@@ -238,6 +239,16 @@ fn median_sorted(v: &[f64]) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// The median of `values` (sorted in place; NaN when empty).
+///
+/// ```
+/// assert_eq!(features::median(&mut [3.0, 1.0, 2.0, 10.0]), 2.5);
+/// ```
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    median_sorted(values)
 }
 
 fn quantile_sorted(v: &[f64], q: f64) -> f64 {

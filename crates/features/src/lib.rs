@@ -30,7 +30,7 @@ mod table;
 
 pub use engineer::{
     FeatureOutputs, FeatureParams, FeatureReport, PriceRef, SplitRule, TrainWindow, build_features,
-    price_features,
+    median, price_features,
 };
 pub use preprocess::{
     NumericColumn, PreprocessParams, Preprocessor, Scaling, TargetEncoding, Transform,

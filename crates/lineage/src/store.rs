@@ -100,26 +100,21 @@ impl LocalStore {
     }
 
     fn sweep_stale_temp_files(&self) {
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let old = entry
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|t| t.elapsed().ok())
-                        .is_some_and(|age| age > STALE_TEMP_AGE);
-                    if old && fs::remove_file(&path).is_ok() {
-                        tracing::info!(file = %path.display(), "removed a stale temporary file");
-                    }
-                }
+        let Ok(files) = walk_files(&self.root) else {
+            return;
+        };
+        for path in files {
+            let temp = path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"));
+            let old = temp
+                && fs::metadata(&path)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > STALE_TEMP_AGE);
+            if old && fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "removed a stale temporary file");
             }
         }
     }
@@ -133,6 +128,28 @@ impl LocalStore {
         validate_key(key)?;
         Ok(self.root.join(key))
     }
+}
+
+/// Every file below `root` (a missing directory has none).
+fn walk_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LineageError::io(&dir, e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(|e| LineageError::io(&dir, e))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
@@ -205,31 +222,21 @@ impl ArtifactStore for LocalStore {
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(LineageError::io(&dir, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| LineageError::io(&dir, e))?;
-                let path = entry.path();
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with(".tmp-") {
-                    continue;
-                }
-                if path.is_dir() {
-                    stack.push(path);
-                } else if let Ok(rel) = path.strip_prefix(&self.root) {
-                    let key = rel
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    if key.starts_with(prefix) {
-                        out.push(key);
-                    }
+        for path in walk_files(&self.root)? {
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+            {
+                continue;
+            }
+            if let Ok(rel) = path.strip_prefix(&self.root) {
+                let key = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                if key.starts_with(prefix) {
+                    out.push(key);
                 }
             }
         }

@@ -19,15 +19,12 @@ pub struct BaselineModel {
     medians: BTreeMap<String, f64>,
 }
 
+/// The median, or 0 for no values (an empty training matrix).
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
+    if v.is_empty() {
         0.0
-    } else if n % 2 == 1 {
-        v[n / 2]
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        features::median(v)
     }
 }
 

@@ -311,6 +311,13 @@ pub fn preprocess_params(p: &Params) -> Result<PreprocessParams, LineageError> {
     })
 }
 
+/// The bytes a serialisation thread produced (a panic there is an error here).
+fn joined_bytes(
+    r: std::thread::Result<features::Result<Vec<u8>>>,
+) -> Result<features::Result<Vec<u8>>, LineageError> {
+    r.map_err(|_| LineageError::Config("a serialisation thread panicked".into()))
+}
+
 pub(crate) fn spinner(enabled: bool, name: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
@@ -390,12 +397,9 @@ pub(crate) fn run_stage(
                     let table = out.table.to_parquet();
                     (table, summary.join(), contexts.join())
                 });
-                let joined = |r: std::thread::Result<features::Result<Vec<u8>>>| {
-                    r.map_err(|_| LineageError::Config("a serialisation thread panicked".into()))
-                };
                 w.put(&k.features, &table?)?;
-                w.put(&k.summary, &joined(summary)??)?;
-                w.put(&k.contexts, &joined(contexts)??)?;
+                w.put(&k.summary, &joined_bytes(summary)??)?;
+                w.put(&k.contexts, &joined_bytes(contexts)??)?;
                 w.put(&k.window, &pretty(&out.window)?)?;
                 tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: write");
                 Ok(StageReport {
@@ -422,12 +426,9 @@ pub(crate) fn run_stage(
                     let test = s.spawn(|| parts.test.to_parquet());
                     (parts.train.to_parquet(), val.join(), test.join())
                 });
-                let joined = |r: std::thread::Result<features::Result<Vec<u8>>>| {
-                    r.map_err(|_| LineageError::Config("a serialisation thread panicked".into()))
-                };
                 w.put(&k.train, &train?)?;
-                w.put(&k.val, &joined(val)??)?;
-                w.put(&k.test, &joined(test)??)?;
+                w.put(&k.val, &joined_bytes(val)??)?;
+                w.put(&k.test, &joined_bytes(test)??)?;
                 w.put(&k.preprocessor, &parts.preprocessor.to_json()?)?;
                 w.put(
                     &k.feature_names,
