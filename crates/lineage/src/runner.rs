@@ -152,15 +152,33 @@ impl StageWriter<'_> {
 
     /// Writes one of the stage's declared outputs, atomically.
     pub fn put(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
-        if !self.def.outs.iter().any(|o| o == key) {
-            return Err(LineageError::Contract {
-                stage: self.def.name.clone(),
-                reason: format!("wrote `{key}`, which is not a declared output"),
-            });
-        }
+        self.check_declared(key)?;
         let hash = self.store.put(key, bytes)?;
         self.written.insert(key.to_string(), hash);
         Ok(())
+    }
+
+    /// Declares that one of the stage's outputs stays as it is in the store
+    /// (counts as written, with its current hash, without rewriting it).
+    pub fn keep(&mut self, key: &str) -> Result<()> {
+        self.check_declared(key)?;
+        let hash = self
+            .store
+            .hash(key)?
+            .ok_or_else(|| LineageError::NotFound(key.to_string()))?;
+        self.written.insert(key.to_string(), hash);
+        Ok(())
+    }
+
+    fn check_declared(&self, key: &str) -> Result<()> {
+        if self.def.outs.iter().any(|o| o == key) {
+            Ok(())
+        } else {
+            Err(LineageError::Contract {
+                stage: self.def.name.clone(),
+                reason: format!("wrote `{key}`, which is not a declared output"),
+            })
+        }
     }
 }
 
@@ -221,10 +239,16 @@ impl<'a> Runner<'a> {
 
     /// Why `def` must run; empty when it is up to date.
     pub fn check(&self, def: &StageDef) -> Result<Vec<Reason>> {
+        Ok(self.check_with_deps(def)?.0)
+    }
+
+    /// [`Runner::check`], also returning the dependency hashes it computed
+    /// (so a run records them without hashing the inputs again).
+    fn check_with_deps(&self, def: &StageDef) -> Result<(Vec<Reason>, BTreeMap<String, String>)> {
         let (deps, mut reasons) = self.dep_hashes(def)?;
         let Some(locked) = self.lock.stages.get(&def.name) else {
             reasons.insert(0, Reason::NeverRun);
-            return Ok(reasons);
+            return Ok((reasons, deps));
         };
         if locked.code_version != def.code_version {
             reasons.push(Reason::CodeChanged {
@@ -258,7 +282,7 @@ impl<'a> Runner<'a> {
                 (Some(_), _) => reasons.push(Reason::OutModified(out)),
             }
         }
-        Ok(reasons)
+        Ok((reasons, deps))
     }
 
     /// Runs `stage` if it is stale (or forced) and records it in the lock.
@@ -274,7 +298,7 @@ impl<'a> Runner<'a> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
-        let mut reasons = self.check(def)?;
+        let (mut reasons, deps) = self.check_with_deps(def)?;
         if self.force && reasons.is_empty() {
             reasons.push(Reason::Forced);
         }
@@ -304,7 +328,6 @@ impl<'a> Runner<'a> {
         for r in &reasons {
             tracing::info!(stage = %def.name, reason = %r, "will run");
         }
-        let (deps, _) = self.dep_hashes(def)?;
         let mut writer = StageWriter {
             store: self.store,
             def,

@@ -180,10 +180,9 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
                     test: evaluate(candidate.as_ref(), &test)?,
                 });
             } else {
-                // Keep production as it is (rewrite its files unchanged: they are outputs).
+                // Production stays as it is.
                 for key in entry.files.values() {
-                    let bytes = w.get(key)?;
-                    w.put(key, &bytes)?;
+                    w.keep(key)?;
                 }
                 entries.push(entry.clone());
             }
