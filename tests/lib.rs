@@ -119,28 +119,180 @@ pub fn write_synthetic(
     Ok((path, data))
 }
 
-/// The default params with a small model budget, so a whole pipeline run on
-/// synthetic data takes seconds in a debug build.
+/// The pipeline's smoke params: a whole run on synthetic data takes seconds.
 pub fn fast_params() -> lineage::Params {
-    let mut p = pipeline::default_params();
-    let set = |p: &mut lineage::Params, k: &str, v: toml::Value| {
-        if let Err(e) = p.set(k, v) {
-            panic!("{k}: {e}");
-        }
-    };
-    set(&mut p, "tuning.tuner", "grid".into());
-    set(&mut p, "tuning.grid_points_per_dim", 2.into());
-    set(&mut p, "tuning.grid_max_points", 2.into());
-    set(&mut p, "models.tuning_rows", 2000.into());
-    set(&mut p, "models.tuning_val_rows", 1000.into());
-    set(&mut p, "models.tuning_mlp_epochs", 2.into());
-    set(&mut p, "models.mlp_max_epochs", 3.into());
-    set(&mut p, "models.svr_rows", 200.into());
-    p
+    pipeline::smoke_params()
 }
 
 /// Whether an artifact key holds timings (metrics, trial records), which
 /// differ between otherwise identical runs.
 pub fn is_timing_record(key: &str) -> bool {
     key.starts_with("metrics/") || key.ends_with("/trials.json")
+}
+
+/// Production artifacts of a smoke pipeline run on synthetic data, built once
+/// per test binary, with the data's ground truth.
+pub struct ServingFixture {
+    /// The pipeline's output directory.
+    pub dir: PathBuf,
+    /// The synthetic data and its known price response.
+    pub data: etl::synth::SynthData,
+    _tmp: tempfile::TempDir,
+}
+
+/// The shared [`ServingFixture`] (the first caller builds it: a few seconds).
+pub fn serving_fixture() -> &'static ServingFixture {
+    static FIXTURE: std::sync::OnceLock<ServingFixture> = std::sync::OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let (raw, data) = write_synthetic(
+            tmp.path(),
+            "raw.csv",
+            &etl::synth::SynthConfig {
+                n_invoices: 800,
+                ..Default::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("synthetic data: {e}"));
+        let dir = tmp.path().join("run");
+        let store = lineage::LocalStore::new(&dir).unwrap_or_else(|e| panic!("store: {e}"));
+        pipeline::run(&pipeline::PipelineConfig::new(raw, &store, fast_params()))
+            .unwrap_or_else(|e| panic!("pipeline: {e}"));
+        ServingFixture {
+            dir,
+            data,
+            _tmp: tmp,
+        }
+    })
+}
+
+/// Copies a directory tree (artifacts to corrupt, say).
+pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A private `redis-server` on a free loopback port (no persistence), killed
+/// when dropped. Needs `redis-server` on PATH (scripts/setup.sh installs it).
+pub struct RedisServer {
+    /// `redis://127.0.0.1:PORT/`.
+    pub url: String,
+    /// The port.
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts the server and waits until it answers PING.
+    pub fn start() -> std::io::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("starting redis-server (run scripts/setup.sh): {e}"),
+                )
+            })?;
+        let mut server = Self {
+            url: format!("redis://127.0.0.1:{port}/"),
+            port,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if server.command("PING").is_ok_and(|r| r.starts_with("+PONG")) {
+                return Ok(server);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        server.stop();
+        Err(std::io::Error::other("redis-server did not answer PING"))
+    }
+
+    /// Sends one inline command and returns the first reply line.
+    pub fn command(&self, command: &str) -> std::io::Result<String> {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        stream.write_all(format!("{command}\r\n").as_bytes())?;
+        let mut line = String::new();
+        std::io::BufReader::new(stream).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Kills the server (a crash, as far as clients can tell).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Sends a request through a router; returns status, headers and the body as JSON.
+pub async fn call(
+    router: &axum::Router,
+    request: axum::http::Request<axum::body::Body>,
+) -> (
+    axum::http::StatusCode,
+    axum::http::HeaderMap,
+    serde_json::Value,
+) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let response = router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap_or_else(|e| match e {});
+    let (parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("body: {e}"))
+        .to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{} body is not JSON ({e}): {}",
+            parts.status,
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (parts.status, parts.headers, json)
+}
+
+/// A GET request.
+pub fn get(uri: &str) -> axum::http::Request<axum::body::Body> {
+    axum::http::Request::get(uri)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|e| panic!("request {uri}: {e}"))
 }

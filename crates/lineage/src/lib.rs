@@ -15,6 +15,7 @@
 //! assert_eq!(store.hash("etl/metrics.json").unwrap(), Some(hash));
 //! ```
 
+mod keys;
 mod lock;
 mod params;
 mod runner;
@@ -22,6 +23,7 @@ mod store;
 
 use std::path::Path;
 
+pub use keys::ArtifactKeys;
 pub use lock::{LOCK_KEY, LockFile, StageLock};
 pub use params::Params;
 pub use runner::{Dep, Reason, Runner, StageDef, StageOutcome, StageReport, StageWriter};

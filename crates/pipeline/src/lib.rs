@@ -36,6 +36,29 @@ pub fn default_params() -> Params {
     Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_default()
 }
 
+/// The default params with a tiny model budget (grid tuner, 2 trials per
+/// model, a few MLP epochs, small tuning subsets): a whole run on a few
+/// thousand synthetic rows takes seconds even in a debug build. For tests and
+/// smoke runs; the models are real but weak.
+pub fn smoke_params() -> Params {
+    let mut p = default_params();
+    let settings: [(&str, toml::Value); 8] = [
+        ("tuning.tuner", "grid".into()),
+        ("tuning.grid_points_per_dim", 2.into()),
+        ("tuning.grid_max_points", 2.into()),
+        ("models.tuning_rows", 2000.into()),
+        ("models.tuning_val_rows", 1000.into()),
+        ("models.tuning_mlp_epochs", 2.into()),
+        ("models.mlp_max_epochs", 3.into()),
+        ("models.svr_rows", 200.into()),
+    ];
+    for (key, value) in settings {
+        // Every key exists in the compiled-in params (checked by a test).
+        let _ = p.set(key, value);
+    }
+    p
+}
+
 /// Errors of the pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -254,6 +277,14 @@ mod tests {
         train_config(&p).unwrap_or_else(|e| panic!("{e}"));
         feature_params(&p).unwrap_or_else(|e| panic!("{e}"));
         preprocess_params(&p).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
+    fn smoke_params_set_existing_keys() {
+        let p = smoke_params();
+        let t = train_config(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.svr_rows, 200);
+        assert_eq!(p.str("tuning.tuner").ok(), Some("grid"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use features::{FeatureParams, FeatureTable, PreprocessParams, Scaling, SplitRule, TrainWindow};
 use indicatif::{ProgressBar, ProgressStyle};
+pub use lineage::ArtifactKeys;
 use lineage::{
     Dep, LineageError, Params, Runner, StageDef, StageOutcome, StageReport, StageWriter,
 };
@@ -16,68 +17,13 @@ use models::{DesignMatrix, Manifest, ManifestEntry, ModelKind, Regressor, TrainC
 /// Boxed error returned by stage bodies.
 type StageResult = Result<StageReport, Box<dyn std::error::Error + Send + Sync>>;
 
-/// The artifact keys of one pipeline instance (all products, or one stock code).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArtifactKeys {
-    /// The stock code, if the run is for one product.
-    pub stockcode: Option<String>,
-    /// Cleaned transactions (shared by every instance).
-    pub transactions: String,
-    /// Row-level features.
-    pub features: String,
-    /// Per-product summary.
-    pub summary: String,
-    /// Recent contexts per product.
-    pub contexts: String,
-    /// Train window.
-    pub window: String,
-    /// Training matrix.
-    pub train: String,
-    /// Validation matrix.
-    pub val: String,
-    /// Test matrix.
-    pub test: String,
-    /// Fitted preprocessor.
-    pub preprocessor: String,
-    /// Model-matrix column names.
-    pub feature_names: String,
-    /// Directory of the trained models.
-    pub models_dir: String,
-    /// The production manifest.
-    pub manifest: String,
-}
-
-impl ArtifactKeys {
-    /// Keys for all products (`None`) or one stock code.
-    pub fn new(stockcode: Option<&str>) -> Self {
-        let scope = stockcode
-            .map(|c| format!("/stockcode={c}"))
-            .unwrap_or_default();
-        let f = |stage: &str, name: &str| format!("{stage}{scope}/{name}");
-        Self {
-            stockcode: stockcode.map(str::to_string),
-            transactions: "etl/transactions.parquet".into(),
-            features: f("features", "features.parquet"),
-            summary: f("features", "product_summary.parquet"),
-            contexts: f("features", "product_contexts.parquet"),
-            window: f("features", "window.json"),
-            train: f("split", "train.parquet"),
-            val: f("split", "val.parquet"),
-            test: f("split", "test.parquet"),
-            preprocessor: f("split", "preprocessor.json"),
-            feature_names: f("split", "feature_names.json"),
-            models_dir: format!("models{scope}"),
-            manifest: f("models", "manifest.json"),
+/// The lineage name of `stage` for these keys (`features@CODE` for one product).
+fn stage_name(k: &ArtifactKeys, stage: Stage) -> String {
+    match (&k.stockcode, stage) {
+        (Some(code), Stage::Features | Stage::Split | Stage::Models) => {
+            format!("{}@{code}", stage.name())
         }
-    }
-
-    fn stage_name(&self, stage: Stage) -> String {
-        match (&self.stockcode, stage) {
-            (Some(code), Stage::Features | Stage::Split | Stage::Models) => {
-                format!("{}@{code}", stage.name())
-            }
-            _ => stage.name().to_string(),
-        }
+        _ => stage.name().to_string(),
     }
 }
 
@@ -115,7 +61,7 @@ pub(crate) fn definition(
     raw: &Path,
     priority: &[ModelKind],
 ) -> StageDef {
-    let name = k.stage_name(stage);
+    let name = stage_name(k, stage);
     match stage {
         Stage::Etl => StageDef {
             name,

@@ -1,0 +1,60 @@
+//! The layout of the artifact store: where each stage's typed outputs live.
+//!
+//! The pipeline writes these keys and serving reads them; both name them
+//! through [`ArtifactKeys`] so the layout is defined once.
+
+/// The artifact keys of one pipeline instance (all products, or one stock code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactKeys {
+    /// The stock code, if the run is for one product.
+    pub stockcode: Option<String>,
+    /// Cleaned transactions (shared by every instance).
+    pub transactions: String,
+    /// Row-level features.
+    pub features: String,
+    /// Per-product summary.
+    pub summary: String,
+    /// Recent contexts per product.
+    pub contexts: String,
+    /// Train window.
+    pub window: String,
+    /// Training matrix.
+    pub train: String,
+    /// Validation matrix.
+    pub val: String,
+    /// Test matrix.
+    pub test: String,
+    /// Fitted preprocessor.
+    pub preprocessor: String,
+    /// Model-matrix column names.
+    pub feature_names: String,
+    /// Directory of the trained models.
+    pub models_dir: String,
+    /// The production manifest.
+    pub manifest: String,
+}
+
+impl ArtifactKeys {
+    /// Keys for all products (`None`) or one stock code.
+    pub fn new(stockcode: Option<&str>) -> Self {
+        let scope = stockcode
+            .map(|c| format!("/stockcode={c}"))
+            .unwrap_or_default();
+        let f = |stage: &str, name: &str| format!("{stage}{scope}/{name}");
+        Self {
+            stockcode: stockcode.map(str::to_string),
+            transactions: "etl/transactions.parquet".into(),
+            features: f("features", "features.parquet"),
+            summary: f("features", "product_summary.parquet"),
+            contexts: f("features", "product_contexts.parquet"),
+            window: f("features", "window.json"),
+            train: f("split", "train.parquet"),
+            val: f("split", "val.parquet"),
+            test: f("split", "test.parquet"),
+            preprocessor: f("split", "preprocessor.json"),
+            feature_names: f("split", "feature_names.json"),
+            models_dir: format!("models{scope}"),
+            manifest: f("models", "manifest.json"),
+        }
+    }
+}

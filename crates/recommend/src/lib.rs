@@ -1,0 +1,589 @@
+//! The price recommendation as a library.
+//!
+//! [`Recommender::load`] reads the production artifacts from an
+//! [`ArtifactStore`](lineage::ArtifactStore) (a local directory or S3): the
+//! per-product summary and recent contexts, the fitted preprocessor and every
+//! usable model of the production manifest, in priority order.
+//! [`Recommender::recommend`] then answers "what should I charge for this
+//! product?":
+//!
+//! 1. **Contexts.** The product's own most recent sales rows (up to
+//!    `features.recent_contexts`, 50 by default): their calendar, customer and
+//!    demand features are kept, only the price changes. A `country` overrides
+//!    the rows' country; a `customerid` makes them registered-customer rows.
+//! 2. **Grid.** `num_price_bins` prices (default 100) evenly spaced between
+//!    `unitprice_min` and `unitprice_max`. Defaults: the 5th and 95th
+//!    percentiles of the product's observed prices (robust to the data's
+//!    one-off mispricings); a product sold at a single price gets ±20 % around
+//!    it.
+//! 3. **Prediction.** The model predicts ln(1 + quantity) for every
+//!    (price, context) pair; quantities are `exp(ŷ) − 1` in units, clipped at 0.
+//!    At each price, `quantity` is the mean over contexts and
+//!    `quantity_min`/`quantity_max` are its 10th/90th percentiles.
+//! 4. **Decision.** `predicted_sales = price × quantity`; the optimal price is
+//!    the grid price with the largest predicted sales (the lowest such price
+//!    on ties).
+//!
+//! If the model in use returns an error or a non-finite value, the next model
+//! of the manifest answers the request and the failover is reported in the
+//! [`Recommendation`].
+//!
+//! ```no_run
+//! use recommend::{PriceRequest, Recommender};
+//!
+//! let store = lineage::open_store("run")?; // a `cargo xtask pipeline` output
+//! let recommender = Recommender::load(store.as_ref())?;
+//! let rec = recommender.recommend(&PriceRequest::new("85123A"))?;
+//! println!("charge £{:.2} (model {})", rec.optimal_unit_price, rec.model);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod request;
+
+use std::collections::HashMap;
+
+use features::{FeatureRow, Preprocessor, PriceRef, ProductContexts, ProductSummary};
+use lineage::{ArtifactKeys, ArtifactStore};
+use models::{Manifest, ModelKind, Regressor, SkippedModel};
+use serde::{Deserialize, Serialize};
+
+pub use request::{DEFAULT_PRICE_BINS, MAX_PRICE_BINS, MIN_PRICE_BINS, PriceRequest};
+
+/// Errors of the recommendation library.
+#[derive(Debug, thiserror::Error)]
+pub enum RecommendError {
+    /// A request parameter is invalid (HTTP 400).
+    #[error("invalid parameter `{parameter}`: {reason}")]
+    InvalidParameter {
+        /// The parameter's name as the client sent it.
+        parameter: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The product is not in the production artifacts (HTTP 404).
+    #[error("unknown stockcode `{0}`")]
+    UnknownProduct(String),
+    /// No model could answer (all failed at load or for this request).
+    #[error("no model could answer: {0}")]
+    NoModel(String),
+    /// An artifact is missing or unreadable.
+    #[error("artifact store: {0}")]
+    Store(#[from] lineage::LineageError),
+    /// An artifact of the features stage is invalid.
+    #[error("features artifact: {0}")]
+    Features(#[from] features::FeatureError),
+    /// A model or the manifest is invalid.
+    #[error("models: {0}")]
+    Model(#[from] models::ModelError),
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = RecommendError> = std::result::Result<T, E>;
+
+/// One point of the price curve.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PricePoint {
+    /// Candidate unit price (GBP).
+    pub unit_price: f64,
+    /// Predicted quantity per sales line: mean over the contexts.
+    pub quantity: f64,
+    /// 10th percentile of the predicted quantity over the contexts.
+    pub quantity_min: f64,
+    /// 90th percentile of the predicted quantity over the contexts.
+    pub quantity_max: f64,
+    /// `unit_price × quantity`.
+    pub predicted_sales: f64,
+}
+
+/// A model that failed for one request, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The model that failed.
+    pub model: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// How the price grid was chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PriceGrid {
+    /// Lowest candidate price.
+    pub unitprice_min: f64,
+    /// Highest candidate price.
+    pub unitprice_max: f64,
+    /// Number of candidate prices.
+    pub num_price_bins: usize,
+    /// Where the bounds came from, in words.
+    pub rule: String,
+}
+
+/// The answer to one [`PriceRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    /// Product.
+    pub stockcode: String,
+    /// Its most frequent description.
+    pub description: String,
+    /// The sales-maximising grid price.
+    pub optimal_unit_price: f64,
+    /// Predicted sales at that price.
+    pub max_predicted_sales: f64,
+    /// Predicted quantity at that price.
+    pub optimal_quantity: f64,
+    /// The price curve, by increasing price.
+    pub curve: Vec<PricePoint>,
+    /// The grid and its rule.
+    pub grid: PriceGrid,
+    /// How many of the product's recent sales rows were used as contexts.
+    pub contexts: usize,
+    /// The model that answered.
+    pub model: String,
+    /// The production model set's version (from the manifest).
+    pub model_version: String,
+    /// Models that failed for this request before `model` answered.
+    pub failovers: Vec<Failover>,
+}
+
+/// One row of the original API's `/predict-price` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LegacyRow<'a> {
+    /// Product.
+    pub stockcode: &'a str,
+    /// Candidate price.
+    pub unit_price: f64,
+    /// Predicted quantity (mean over contexts).
+    pub quantity: f64,
+    /// 10th percentile over contexts.
+    pub quantity_min: f64,
+    /// 90th percentile over contexts.
+    pub quantity_max: f64,
+    /// `unit_price × quantity`.
+    pub predicted_sales: f64,
+    /// The sales-maximising price (same on every row).
+    pub optimal_unit_price: f64,
+    /// Predicted sales at the optimum (same on every row).
+    pub max_predicted_sales: f64,
+}
+
+impl Recommendation {
+    /// The curve in the original API's row format.
+    pub fn legacy_rows(&self) -> Vec<LegacyRow<'_>> {
+        self.curve
+            .iter()
+            .map(|p| LegacyRow {
+                stockcode: &self.stockcode,
+                unit_price: p.unit_price,
+                quantity: p.quantity,
+                quantity_min: p.quantity_min,
+                quantity_max: p.quantity_max,
+                predicted_sales: p.predicted_sales,
+                optimal_unit_price: self.optimal_unit_price,
+                max_predicted_sales: self.max_predicted_sales,
+            })
+            .collect()
+    }
+}
+
+/// A model that loaded and passed its probe.
+struct ServingModel {
+    kind: ModelKind,
+    model: Box<dyn Regressor>,
+}
+
+/// One recent sales row of a product; strings are filled in per request.
+#[derive(Debug, Clone, Copy)]
+struct Context {
+    country: usize,
+    row: FeatureRow<'static>,
+}
+
+/// What [`Recommender::health`] reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    /// The model that answers first.
+    pub model: String,
+    /// Backups, in failover order.
+    pub backups: Vec<String>,
+    /// The production model set's version.
+    pub model_version: String,
+    /// Models of the manifest that failed to load, with reasons.
+    pub skipped: Vec<SkippedModel>,
+    /// Products that can be priced.
+    pub products: usize,
+}
+
+/// Loaded production artifacts; answers [`PriceRequest`]s. Cheap to share
+/// behind an `Arc` (all methods take `&self`).
+pub struct Recommender {
+    summary: ProductSummary,
+    contexts: HashMap<String, Vec<Context>>,
+    countries: Vec<String>,
+    preprocessor: Preprocessor,
+    manifest: Manifest,
+    models: Vec<ServingModel>,
+    skipped: Vec<SkippedModel>,
+    cache_version: String,
+}
+
+impl std::fmt::Debug for Recommender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recommender")
+            .field("model_version", &self.manifest.model_version)
+            .field(
+                "models",
+                &self
+                    .models
+                    .iter()
+                    .map(|m| m.kind.name())
+                    .collect::<Vec<_>>(),
+            )
+            .field("products", &self.summary.rows.len())
+            .finish()
+    }
+}
+
+impl Recommender {
+    /// The store keys [`Recommender::load`] reads: the summary, contexts,
+    /// preprocessor, manifest and every model file the manifest names. Used to
+    /// copy production artifacts (say from S3 to Lambda's `/tmp`) once.
+    pub fn artifact_keys(store: &dyn ArtifactStore) -> Result<Vec<String>> {
+        let k = ArtifactKeys::new(None);
+        let manifest = Manifest::from_json(&store.get(&k.manifest)?)?;
+        let mut keys = vec![k.summary, k.contexts, k.preprocessor, k.manifest];
+        for entry in &manifest.models {
+            keys.extend(entry.files.values().cloned());
+        }
+        Ok(keys)
+    }
+
+    /// Loads the production artifacts of a `cargo xtask pipeline` run. Every
+    /// model of the manifest is verified (hashes, features, a finite probe
+    /// prediction); ones that fail are skipped and reported by
+    /// [`Recommender::health`]. Fails only when no model is usable.
+    pub fn load(store: &dyn ArtifactStore) -> Result<Self> {
+        let k = ArtifactKeys::new(None);
+        let summary = ProductSummary::from_parquet(&store.get(&k.summary)?)?;
+        let table = ProductContexts::from_parquet(&store.get(&k.contexts)?)?.table;
+        let preprocessor = Preprocessor::from_json(&store.get(&k.preprocessor)?)?;
+        let manifest = Manifest::from_json(&store.get(&k.manifest)?)?;
+        if manifest.feature_names != preprocessor.feature_names {
+            return Err(RecommendError::Model(models::ModelError::Format {
+                model: "manifest".into(),
+                reason: "its feature names differ from the preprocessor's".into(),
+            }));
+        }
+
+        let loader = models::FailoverLoader::new(store);
+        let mut models = Vec::new();
+        let mut skipped = Vec::new();
+        for entry in &manifest.models {
+            match loader.load_entry(&manifest, entry) {
+                Ok(model) => models.push(ServingModel {
+                    kind: entry.kind,
+                    model,
+                }),
+                Err(e) => {
+                    tracing::warn!(model = entry.kind.name(), error = %e, "model skipped at load");
+                    skipped.push(SkippedModel {
+                        manifest: k.manifest.clone(),
+                        kind: entry.kind,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if models.is_empty() {
+            let why = skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.kind.name(), s.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(RecommendError::NoModel(if why.is_empty() {
+                "the manifest lists no models".into()
+            } else {
+                why
+            }));
+        }
+
+        let mut countries: Vec<String> = Vec::new();
+        let mut country_index: HashMap<String, usize> = HashMap::new();
+        let mut contexts: HashMap<String, Vec<Context>> = HashMap::new();
+        for row in table.rows()? {
+            let next = countries.len();
+            let country = *country_index.entry(row.country.to_string()).or_insert(next);
+            if country == next {
+                countries.push(row.country.to_string());
+            }
+            contexts
+                .entry(row.stock_code.to_string())
+                .or_default()
+                .push(Context {
+                    country,
+                    row: FeatureRow {
+                        stock_code: "",
+                        country: "",
+                        ..row
+                    },
+                });
+        }
+
+        let kinds: Vec<&str> = models.iter().map(|m| m.kind.name()).collect();
+        let cache_version = format!("{}+{}", manifest.model_version, kinds.join(","));
+        Ok(Self {
+            summary,
+            contexts,
+            countries,
+            preprocessor,
+            manifest,
+            models,
+            skipped,
+            cache_version,
+        })
+    }
+
+    /// The production model set's version (from the manifest).
+    pub fn model_version(&self) -> &str {
+        &self.manifest.model_version
+    }
+
+    /// A version string for cache keys: the model version plus the models that
+    /// loaded, so a new model set, or a failover at load, never reads entries
+    /// cached under another.
+    pub fn cache_version(&self) -> &str {
+        &self.cache_version
+    }
+
+    /// Whether the product can be priced.
+    pub fn knows(&self, stockcode: &str) -> bool {
+        self.summary.get(stockcode).is_some()
+    }
+
+    /// Loaded models and version.
+    pub fn health(&self) -> Health {
+        Health {
+            model: self.models[0].kind.name().into(),
+            backups: self.models[1..]
+                .iter()
+                .map(|m| m.kind.name().into())
+                .collect(),
+            model_version: self.manifest.model_version.clone(),
+            skipped: self.skipped.clone(),
+            products: self.summary.rows.len(),
+        }
+    }
+
+    /// Recommends a price: see the crate documentation for the rule.
+    pub fn recommend(&self, request: &PriceRequest) -> Result<Recommendation> {
+        request.validate()?;
+        let product = self
+            .summary
+            .get(&request.stockcode)
+            .ok_or_else(|| RecommendError::UnknownProduct(request.stockcode.clone()))?;
+        let grid = request.grid(product)?;
+        let contexts = self.contexts_for(request)?;
+        let prices = grid_prices(&grid);
+        let reference = PriceRef {
+            max: product.ref_price_max,
+            mean: product.ref_price_mean,
+            median: product.ref_price_median,
+        };
+
+        let rows: Vec<FeatureRow<'_>> = prices
+            .iter()
+            .flat_map(|&price| {
+                let (rel_max, rel_mean, rel_median, squared, log1p) =
+                    features::price_features(price, &reference);
+                contexts.iter().map(move |(country, ctx)| FeatureRow {
+                    stock_code: &request.stockcode,
+                    country,
+                    unit_price: price,
+                    price_rel_max: rel_max,
+                    price_rel_mean: rel_mean,
+                    price_rel_median: rel_median,
+                    price_squared: squared,
+                    log1p_price: log1p,
+                    ..*ctx
+                })
+            })
+            .collect();
+        let x = self.preprocessor.transform(&rows);
+
+        let mut failovers = Vec::new();
+        for serving in &self.models {
+            let reason = match serving.model.predict(x.view()) {
+                Ok(pred) => match pred.iter().find(|v| !v.is_finite()) {
+                    None => {
+                        return Ok(self.decide(
+                            request,
+                            product,
+                            grid,
+                            &prices,
+                            contexts.len(),
+                            &pred.to_vec(),
+                            serving.kind,
+                            failovers,
+                        ));
+                    }
+                    Some(bad) => format!("predicted {bad}"),
+                },
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(model = serving.kind.name(), %reason, stockcode = %request.stockcode, "model failed for a request; failing over");
+            failovers.push(Failover {
+                model: serving.kind.name().into(),
+                reason,
+            });
+        }
+        Err(RecommendError::NoModel(
+            failovers
+                .iter()
+                .map(|f| format!("{}: {}", f.model, f.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ))
+    }
+
+    /// The product's contexts with their country resolved.
+    fn contexts_for<'a>(
+        &'a self,
+        request: &'a PriceRequest,
+    ) -> Result<Vec<(&'a str, FeatureRow<'static>)>> {
+        let all = self
+            .contexts
+            .get(&request.stockcode)
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| RecommendError::UnknownProduct(request.stockcode.clone()))?;
+        let registered_only =
+            request.customer_id.is_some() && all.iter().any(|c| c.row.is_registered > 0.5);
+        Ok(all
+            .iter()
+            .filter(|c| !registered_only || c.row.is_registered > 0.5)
+            .map(|c| {
+                let country = request
+                    .country
+                    .as_deref()
+                    .unwrap_or(self.countries[c.country].as_str());
+                let mut row = c.row;
+                if request.customer_id.is_some() {
+                    row.is_registered = 1.0;
+                }
+                (country, row)
+            })
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        request: &PriceRequest,
+        product: &features::SummaryRow,
+        grid: PriceGrid,
+        prices: &[f64],
+        n_contexts: usize,
+        log_quantity: &[f64],
+        kind: ModelKind,
+        failovers: Vec<Failover>,
+    ) -> Recommendation {
+        let mut curve = Vec::with_capacity(prices.len());
+        let mut quantities = vec![0.0; n_contexts];
+        for (i, &price) in prices.iter().enumerate() {
+            let chunk = &log_quantity[i * n_contexts..(i + 1) * n_contexts];
+            for (q, y) in quantities.iter_mut().zip(chunk) {
+                *q = y.exp_m1().max(0.0);
+            }
+            let mean = quantities.iter().sum::<f64>() / n_contexts as f64;
+            quantities.sort_by(f64::total_cmp);
+            curve.push(PricePoint {
+                unit_price: price,
+                quantity: mean,
+                quantity_min: quantile_sorted(&quantities, 0.10),
+                quantity_max: quantile_sorted(&quantities, 0.90),
+                predicted_sales: price * mean,
+            });
+        }
+        let best = curve
+            .iter()
+            .copied()
+            .reduce(|best, p| {
+                if p.predicted_sales > best.predicted_sales {
+                    p
+                } else {
+                    best
+                }
+            })
+            .unwrap_or(PricePoint {
+                unit_price: f64::NAN,
+                quantity: f64::NAN,
+                quantity_min: f64::NAN,
+                quantity_max: f64::NAN,
+                predicted_sales: f64::NAN,
+            });
+        Recommendation {
+            stockcode: request.stockcode.clone(),
+            description: product.description.clone(),
+            optimal_unit_price: best.unit_price,
+            max_predicted_sales: best.predicted_sales,
+            optimal_quantity: best.quantity,
+            curve,
+            grid,
+            contexts: n_contexts,
+            model: kind.name().into(),
+            model_version: self.manifest.model_version.clone(),
+            failovers,
+        }
+    }
+}
+
+/// `n` evenly spaced prices from min to max, both included.
+fn grid_prices(grid: &PriceGrid) -> Vec<f64> {
+    let n = grid.num_price_bins;
+    let step = (grid.unitprice_max - grid.unitprice_min) / (n - 1) as f64;
+    (0..n)
+        .map(|i| {
+            if i + 1 == n {
+                grid.unitprice_max
+            } else {
+                grid.unitprice_min + step * i as f64
+            }
+        })
+        .collect()
+}
+
+/// Linear-interpolation quantile of sorted values (numpy's default).
+fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        1 => sorted[0],
+        n => {
+            let pos = q * (n - 1) as f64;
+            let lo = pos.floor() as usize;
+            let hi = (lo + 1).min(n - 1);
+            sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_match_numpy_linear() {
+        // numpy.quantile([1, 2, 3, 4, 10], [0.1, 0.9]) == [1.4, 7.6]
+        let v = [1.0, 2.0, 3.0, 4.0, 10.0];
+        assert!((quantile_sorted(&v, 0.1) - 1.4).abs() < 1e-12);
+        assert!((quantile_sorted(&v, 0.9) - 7.6).abs() < 1e-12);
+        assert_eq!(quantile_sorted(&[5.0], 0.9), 5.0);
+    }
+
+    #[test]
+    fn grid_includes_both_ends() {
+        let g = PriceGrid {
+            unitprice_min: 1.0,
+            unitprice_max: 2.0,
+            num_price_bins: 5,
+            rule: String::new(),
+        };
+        assert_eq!(grid_prices(&g), vec![1.0, 1.25, 1.5, 1.75, 2.0]);
+    }
+}
