@@ -207,6 +207,9 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                // DEBUG SLEEP simulates a stalled server.
+                "--enable-debug-command",
+                "local",
             ])
             .stdout(std::process::Stdio::null())
             .spawn()

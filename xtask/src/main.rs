@@ -5,7 +5,8 @@
 //! - `metrics` shows every stage's metrics, like `dvc metrics show`.
 //! - `data` puts the raw dataset where the pipeline looks by default.
 //! - `gen` writes a synthetic dataset with a known price response.
-//! - `bench` times the stages on a dataset and prints medians.
+//! - `bench` times the stages on a dataset and prints medians; `bench serve`
+//!   load-tests the HTTP API on real artifacts (latency percentiles, req/s).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ macro_rules! outln {
         }
     }};
 }
+
+mod bench_serve;
 
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
 const REFERENCE_SHA256: &str = "ae0b5894e9c29449be61ad4ba9ec868083138431cfd5d8a51b2ab68659c4d508";
@@ -136,8 +139,29 @@ enum Command {
         #[arg(long)]
         stockcode: Option<String>,
     },
-    /// Time the data stages and print medians.
+    /// Time the data stages (`bench`) or the HTTP API (`bench serve`) and print medians / percentiles.
     Bench {
+        /// What to benchmark: `data` (etl + features) or `serve` (the API under load).
+        #[arg(default_value = "data")]
+        target: String,
+        /// `serve`: artifacts of a pipeline run (directory or s3://bucket/prefix).
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// `serve`: port of the server under test.
+        #[arg(long, default_value_t = 5099)]
+        port: u16,
+        /// `serve`: duration of the cached throughput phase in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// `serve`: concurrent connections in the throughput phase.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// `serve`: uncached (sequential) requests.
+        #[arg(long, default_value_t = 500)]
+        requests: usize,
+        /// `serve`: use this Redis as the cache instead of the in-process one.
+        #[arg(long)]
+        redis_url: Option<String>,
         /// Dataset (default: `data.raw` in params).
         #[arg(long)]
         raw: Option<PathBuf>,
@@ -185,7 +209,29 @@ fn run(command: Command) -> Result<()> {
             products,
             clean,
         } => cmd_gen(&out, seed, invoices, products, clean),
-        Command::Bench { raw, runs, until } => cmd_bench(raw, runs, &until),
+        Command::Bench {
+            target,
+            out,
+            port,
+            seconds,
+            concurrency,
+            requests,
+            redis_url,
+            raw,
+            runs,
+            until,
+        } => match target.as_str() {
+            "data" => cmd_bench(raw, runs, &until),
+            "serve" => bench_serve::run(&bench_serve::ServeBench {
+                artifacts: out,
+                port,
+                uncached_requests: requests,
+                seconds,
+                concurrency: concurrency.max(1),
+                redis_url,
+            }),
+            other => bail!("unknown bench `{other}` (expected data or serve)"),
+        },
         Command::LoadModel { out, stockcode } => cmd_load_model(&out, stockcode.as_deref()),
     }
 }

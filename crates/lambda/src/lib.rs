@@ -71,13 +71,14 @@ pub fn config_from_env() -> Result<ServeConfig, LambdaError> {
     Ok(config)
 }
 
-/// Copies the production artifacts of `source` (local directory or
-/// `s3://bucket/prefix`) into a directory under `local_root` named by the
-/// manifest's content hash, once: a later cold start in the same sandbox, or a
-/// second call, finds the copy complete and reads nothing but the manifest.
-/// Returns the local directory.
-pub fn stage_artifacts(source: &str, local_root: &Path) -> Result<PathBuf, LambdaError> {
-    let remote = lineage::open_store(source)?;
+/// Copies the production artifacts of `remote` (S3, say) into a directory
+/// under `local_root` named by the manifest's content hash, once: a later cold
+/// start in the same sandbox, or a second call, finds the copy complete and
+/// reads nothing but the manifest. Returns the local directory.
+pub fn stage_artifacts(
+    remote: &dyn ArtifactStore,
+    local_root: &Path,
+) -> Result<PathBuf, LambdaError> {
     let manifest = remote.get(&lineage::ArtifactKeys::new(None).manifest)?;
     let hash = lineage::content_hash(&manifest);
     let dir = local_root.join(format!("artifacts-{}", &hash[..16.min(hash.len())]));
@@ -86,7 +87,7 @@ pub fn stage_artifacts(source: &str, local_root: &Path) -> Result<PathBuf, Lambd
         return Ok(dir);
     }
     let local = LocalStore::new(&dir)?;
-    for key in Recommender::artifact_keys(remote.as_ref())? {
+    for key in Recommender::artifact_keys(remote)? {
         local.put(&key, &remote.get(&key)?)?;
     }
     lineage::write_atomic(&marker, b"")?;
@@ -98,7 +99,8 @@ pub fn stage_artifacts(source: &str, local_root: &Path) -> Result<PathBuf, Lambd
 pub fn app_from_env() -> Result<App, LambdaError> {
     let mut config = config_from_env()?;
     if config.artifacts.starts_with("s3://") {
-        let dir = stage_artifacts(&config.artifacts, &std::env::temp_dir())?;
+        let remote = lineage::open_store(&config.artifacts)?;
+        let dir = stage_artifacts(remote.as_ref(), &std::env::temp_dir())?;
         config.artifacts = dir.to_string_lossy().into_owned();
     }
     Ok(App::load(&config)?)
@@ -106,8 +108,13 @@ pub fn app_from_env() -> Result<App, LambdaError> {
 
 /// The service's router, routing on each event's own path (see the crate docs).
 pub fn lambda_router(app: &App) -> Router {
-    app.router()
-        .layer(axum::middleware::map_request(route_on_event_path))
+    // A layer on a Router runs after routing; the path must be fixed before,
+    // so the rewrite wraps the whole router.
+    let rewritten = tower::Layer::layer(
+        &axum::middleware::map_request(route_on_event_path),
+        app.router(),
+    );
+    Router::new().fallback_service(rewritten)
 }
 
 /// Replaces a stage-prefixed path by the event's raw path, keeping the query.

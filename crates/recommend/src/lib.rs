@@ -564,6 +564,7 @@ fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -574,6 +575,82 @@ mod tests {
         assert!((quantile_sorted(&v, 0.1) - 1.4).abs() < 1e-12);
         assert!((quantile_sorted(&v, 0.9) - 7.6).abs() < 1e-12);
         assert_eq!(quantile_sorted(&[5.0], 0.9), 5.0);
+    }
+
+    /// A model that has gone bad at run time: it predicts NaN.
+    struct NanModel(Vec<String>);
+
+    impl Regressor for NanModel {
+        fn kind(&self) -> ModelKind {
+            ModelKind::Mlp
+        }
+        fn feature_names(&self) -> &[String] {
+            &self.0
+        }
+        fn hyper_params(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn predict(&self, x: ndarray::ArrayView2<'_, f64>) -> models::Result<ndarray::Array1<f64>> {
+            Ok(ndarray::Array1::from_elem(x.nrows(), f64::NAN))
+        }
+        fn to_files(&self) -> models::Result<models::ModelFiles> {
+            Ok(models::ModelFiles::new())
+        }
+    }
+
+    #[test]
+    fn a_model_predicting_nan_fails_over_to_the_next_for_that_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = etl::synth::generate(&etl::synth::SynthConfig {
+            n_invoices: 500,
+            ..Default::default()
+        });
+        let raw = dir.path().join("raw.csv");
+        std::fs::write(&raw, &data.csv).unwrap();
+        let store = lineage::LocalStore::new(dir.path().join("run")).unwrap();
+        pipeline::run(&pipeline::PipelineConfig::new(
+            raw,
+            &store,
+            pipeline::smoke_params(),
+        ))
+        .unwrap();
+        let mut rec = Recommender::load(&store).unwrap();
+        let request = PriceRequest::new(data.products[0].stock_code.clone()).bins(10);
+        let healthy = rec.recommend(&request).unwrap();
+        assert_eq!(healthy.model, "mlp");
+        assert!(healthy.failovers.is_empty());
+
+        let names = rec.preprocessor.feature_names.clone();
+        rec.models.insert(
+            0,
+            ServingModel {
+                kind: ModelKind::Mlp,
+                model: Box::new(NanModel(names)),
+            },
+        );
+        let answer = rec.recommend(&request).unwrap();
+        assert_eq!(answer.failovers.len(), 1);
+        assert_eq!(answer.failovers[0].model, "mlp");
+        assert!(
+            answer.failovers[0].reason.contains("NaN"),
+            "{:?}",
+            answer.failovers
+        );
+        // The next model in the manifest, the real MLP, answered.
+        assert_eq!(answer.curve, healthy.curve);
+
+        // Every model bad: an error, never an empty answer.
+        let bad: Vec<ServingModel> = (0..2)
+            .map(|_| ServingModel {
+                kind: ModelKind::Lightgbm,
+                model: Box::new(NanModel(rec.preprocessor.feature_names.clone())),
+            })
+            .collect();
+        rec.models = bad;
+        assert!(matches!(
+            rec.recommend(&request),
+            Err(RecommendError::NoModel(_))
+        ));
     }
 
     #[test]
