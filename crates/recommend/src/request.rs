@@ -348,7 +348,8 @@ mod tests {
 
     #[test]
     fn every_bad_input_names_its_parameter() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case<'_>] = &[
             ("85123A", &[("unitprice_min", "abc")], "unitprice_min"),
             ("85123A", &[("unitprice_max", "NaN")], "unitprice_max"),
             ("85123A", &[("unitprice_min", "inf")], "unitprice_min"),
