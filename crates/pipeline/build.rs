@@ -23,17 +23,23 @@ fn main() {
     emit_torch_rpath();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let crates = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
-    for (krates, var) in [
-        (&["etl"][..], "ETL_SRC_HASH"),
-        (&["features"][..], "FEATURES_SRC_HASH"),
-        (&["models", "tuning"][..], "MODELS_SRC_HASH"),
+    // Source paths (relative to crates/) whose content is each stage's code.
+    for (sources, var) in [
+        (&["etl/src"][..], "ETL_SRC_HASH"),
+        (&["features/src"][..], "FEATURES_SRC_HASH"),
+        (&["models/src", "tuning/src"][..], "MODELS_SRC_HASH"),
+        (&["drift/src", "pipeline/src/gate.rs"][..], "GATE_SRC_HASH"),
     ] {
         let mut hasher = blake3::Hasher::new();
-        for krate in krates {
-            let src = crates.join(krate).join("src");
+        for source in sources {
+            let src = crates.join(source);
             println!("cargo:rerun-if-changed={}", src.display());
             let mut files = Vec::new();
-            collect(&src, &mut files);
+            if src.is_file() {
+                files.push(src.clone());
+            } else {
+                collect(&src, &mut files);
+            }
             files.sort();
             for f in &files {
                 if let Ok(rel) = f.strip_prefix(&crates) {

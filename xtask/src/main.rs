@@ -130,6 +130,28 @@ enum Command {
         #[arg(long)]
         clean: bool,
     },
+    /// Data drift between two raw exports (Evidently's default tests), through
+    /// the same etl and features code as the pipeline.
+    Drift {
+        /// The reference export (what the model learned from).
+        #[arg(long)]
+        reference: PathBuf,
+        /// The current export (this week's data).
+        #[arg(long)]
+        current: PathBuf,
+        /// Print the JSON report instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Also write the self-contained HTML report here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Params file (default: ./params.toml, else the compiled-in defaults).
+        #[arg(long)]
+        params: Option<PathBuf>,
+        /// Override a param, e.g. `--set gate.drift_share=0.3`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+    },
     /// Load the production model the way serving will, and say which one and why.
     LoadModel {
         /// Artifact store: a directory or `s3://bucket/prefix`.
@@ -185,10 +207,26 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message before it
+/// already contains (library errors often include their source's text).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 fn run(command: Command) -> Result<()> {
@@ -201,6 +239,21 @@ fn run(command: Command) -> Result<()> {
         Command::Status { common } => cmd_status(&common),
         Command::Retrain { common } => cmd_retrain(&common),
         Command::Metrics { out, json } => cmd_metrics(&out, json),
+        Command::Drift {
+            reference,
+            current,
+            json,
+            html,
+            params,
+            overrides,
+        } => cmd_drift(
+            &reference,
+            &current,
+            json,
+            html.as_deref(),
+            params.as_deref(),
+            &overrides,
+        ),
         Command::Data { from, dest } => cmd_data(from.as_deref(), dest),
         Command::Gen {
             out,
@@ -489,6 +542,89 @@ fn cmd_data(from: Option<&Path>, dest: Option<PathBuf>) -> Result<()> {
         raw.height(),
         dest.display()
     );
+    Ok(())
+}
+
+/// Features of every row of a raw export, through the pipeline's etl and features code.
+fn features_of(path: &Path, params: &Params) -> Result<features::FeatureTable> {
+    check_raw_exists(path)?;
+    let raw = etl::read_raw_file(path)?;
+    let (tx, _) = etl::clean(&raw, &pipeline::etl_params(params)?)?;
+    let out = features::build_features(&tx, &pipeline::feature_params(params)?, None)?;
+    Ok(out.table)
+}
+
+fn cmd_drift(
+    reference: &Path,
+    current: &Path,
+    as_json: bool,
+    html: Option<&Path>,
+    params: Option<&Path>,
+    overrides: &[String],
+) -> Result<()> {
+    let params = load_params(params, overrides)?;
+    let gp = pipeline::gate::gate_params(&params)?;
+    let columns = |path: &Path| -> Result<Vec<drift::Column>> {
+        let table = features_of(path, &params).with_context(|| format!("{}", path.display()))?;
+        let rows: Vec<usize> = (0..table.len()).collect();
+        Ok(pipeline::gate::feature_columns(
+            &table,
+            &rows,
+            &gp.numerical_columns,
+            &gp.categorical_columns,
+        )?)
+    };
+    let (r, c) = (columns(reference)?, columns(current)?);
+    let report = drift::detect(&r, &c, &gp.drift)?;
+    let title = format!(
+        "Data drift: {} (reference) vs {} (current)",
+        reference.display(),
+        current.display()
+    );
+    let gate = drift::GateReport::new(&title, report, Vec::new(), None);
+    if let Some(path) = html {
+        lineage::write_atomic(path, drift::render_html(&gate)?.as_bytes())?;
+    }
+    if as_json {
+        outln!("{}", String::from_utf8_lossy(&gate.to_json()?).trim_end());
+        return Ok(());
+    }
+    outln!("{title}");
+    outln!(
+        "{:<22} {:<6} {:<32} {:>9} {:>12}  drift",
+        "column",
+        "type",
+        "test",
+        "threshold",
+        "score"
+    );
+    for col in &gate.drift.columns {
+        outln!(
+            "{:<22} {:<6} {:<32} {:>9} {:>12.6}  {}",
+            col.column,
+            col.column_type,
+            col.stattest_name,
+            col.threshold,
+            col.score,
+            if col.drifted { "DRIFT" } else { "-" }
+        );
+    }
+    let d = &gate.drift;
+    outln!(
+        "{} of {} columns drifted (share {:.3}, dataset drift at >= {}): {}",
+        d.number_of_drifted_columns,
+        d.number_of_columns,
+        d.share_of_drifted_columns,
+        d.drift_share,
+        if d.dataset_drift {
+            "DATASET DRIFT"
+        } else {
+            "no dataset drift"
+        }
+    );
+    if let Some(path) = html {
+        outln!("HTML report: {}", path.display());
+    }
     Ok(())
 }
 

@@ -7,8 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// A small model budget so a full pipeline takes seconds in a debug build.
-const FAST: [&str; 16] = [
+/// A small model budget so a full pipeline takes seconds in a debug build;
+/// like `pipeline::smoke_params`, it overrides the promotion gate (a 3-epoch
+/// MLP fails the fairness check; tests/tests/gate.rs tests the gate itself).
+const FAST: [&str; 18] = [
+    "--set",
+    "gate.override=true",
     "--set",
     "tuning.tuner=\"grid\"",
     "--set",
@@ -260,4 +264,83 @@ fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
             "{key}"
         );
     }
+}
+
+#[test]
+fn drift_compares_two_exports_through_etl_and_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = synth(dir.path(), 600);
+    let csv = std::fs::read_to_string(&reference).unwrap();
+    // The current export: every price × 1.5.
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let price = header.split(',').position(|c| c == "UnitPrice").unwrap();
+    let mut current = vec![header.to_string()];
+    for line in lines {
+        let mut f: Vec<String> = line.split(',').map(str::to_string).collect();
+        if !line.contains('"')
+            && let Ok(p) = f[price].parse::<f64>()
+        {
+            f[price] = format!("{:.2}", p * 1.5);
+        }
+        current.push(f.join(","));
+    }
+    let current_path = dir.path().join("current.csv");
+    std::fs::write(&current_path, current.join("\n") + "\n").unwrap();
+    let html = dir.path().join("report.html");
+    let out = xtask(
+        &[
+            "drift",
+            "--reference",
+            reference.to_str().unwrap(),
+            "--current",
+            current_path.to_str().unwrap(),
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let drifted: Vec<&str> = report["drift"]["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["drifted"] == true)
+        .map(|c| c["column"].as_str().unwrap())
+        .collect();
+    assert!(drifted.contains(&"unit_price"), "{drifted:?}");
+    assert!(drifted.contains(&"log1p_price"), "{drifted:?}");
+    assert!(!drifted.contains(&"quantity"), "{drifted:?}");
+    assert!(std::fs::read_to_string(&html).unwrap().contains("<svg"));
+
+    // The same export on both sides: nothing drifts.
+    let same = xtask(
+        &[
+            "drift",
+            "--reference",
+            reference.to_str().unwrap(),
+            "--current",
+            reference.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert!(same.status.success());
+    assert!(
+        text(&same.stdout).contains("0 of 8 columns drifted"),
+        "{}",
+        text(&same.stdout)
+    );
+
+    let missing = xtask(
+        &["drift", "--reference", "nope.csv", "--current", "nope.csv"],
+        dir.path(),
+    );
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("nope.csv"),
+        "{}",
+        text(&missing.stderr)
+    );
 }

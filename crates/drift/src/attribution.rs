@@ -109,3 +109,51 @@ pub fn sampling_shapley(
         values,
     })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ndarray::{Array2, array};
+
+    #[test]
+    fn a_linear_model_gets_its_exact_shapley_values() {
+        // For f(x) = w·x + b, the interventional Shapley value of feature j is
+        // w_j (x_j − E[background_j]); permutation sampling is exact per chain.
+        let w = array![2.0, -1.0, 0.5];
+        let predict = |x: ArrayView2<'_, f64>| -> std::result::Result<Array1<f64>, String> {
+            Ok(x.dot(&w) + 3.0)
+        };
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let x = array![[1.0, 2.0, 3.0], [0.0, -1.0, 4.0]];
+        let background = Array2::from_shape_vec((1, 3), vec![0.5, 0.5, 0.5]).unwrap();
+        let a = sampling_shapley(&predict, &names, x.view(), background.view(), 5, 1).unwrap();
+        for i in 0..2 {
+            for j in 0..3 {
+                let want = w[j] * (x[[i, j]] - 0.5);
+                assert!((a.values[[i, j]] - want).abs() < 1e-12, "{i},{j}");
+            }
+        }
+        // mean |value|: a = (1 + 1)/2 = 1, b = (1.5 + 1.5)/2 = 1.5, c = (1.25 + 1.75)/2 = 1.5
+        assert_eq!(a.features[2], "a");
+        assert!((a.mean_abs[2] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn efficiency_holds_for_a_nonlinear_model() {
+        let predict = |x: ArrayView2<'_, f64>| -> std::result::Result<Array1<f64>, String> {
+            Ok(x.rows()
+                .into_iter()
+                .map(|r| r[0] * r[1] + r[2].powi(2))
+                .collect())
+        };
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let x = array![[1.0, 2.0, 3.0]];
+        let background = array![[0.0, 0.0, 0.0]];
+        let a = sampling_shapley(&predict, &names, x.view(), background.view(), 20, 7).unwrap();
+        let total: f64 = a.values.row(0).sum();
+        assert!((total - (2.0 + 9.0)).abs() < 1e-12, "sum {total}");
+        // c's share is exact (additive); a and b split the interaction.
+        assert!((a.values[[0, 2]] - 9.0).abs() < 1e-12);
+    }
+}

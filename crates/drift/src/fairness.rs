@@ -6,17 +6,33 @@ use serde::{Deserialize, Serialize};
 
 use crate::{DriftError, Result};
 
-/// Fairness thresholds (`[fairness]` in params.toml).
+/// Which difference the threshold applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FairnessCriterion {
+    /// The original's rule: |MOD| ≤ threshold, MOD = mean(ŷ | guest) −
+    /// mean(ŷ | registered). Fails any model whose predictions reflect a real
+    /// difference in demand between the groups.
+    MeanOutcomeDifference,
+    /// |MOD − actual difference| ≤ threshold: the model may not widen or
+    /// narrow the groups' gap beyond what the observed outcomes show.
+    ExcessMeanOutcomeDifference,
+}
+
+/// Fairness thresholds (`gate.*` in params.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FairnessParams {
-    /// |mean outcome difference| at most this is acceptable (0.1, log scale).
+    /// The acceptance threshold (0.1, log scale).
     pub max_abs_mean_outcome_difference: f64,
+    /// What it applies to.
+    pub criterion: FairnessCriterion,
 }
 
 impl Default for FairnessParams {
     fn default() -> Self {
         Self {
             max_abs_mean_outcome_difference: 0.1,
+            criterion: FairnessCriterion::MeanOutcomeDifference,
         }
     }
 }
@@ -49,11 +65,18 @@ pub struct FairnessReport {
     pub unprivileged: GroupMetrics,
     /// mean(ŷ | unprivileged) − mean(ŷ | privileged), log scale.
     pub mean_outcome_difference: f64,
+    /// The same difference of the observed outcomes: mean(y | unprivileged) −
+    /// mean(y | privileged).
+    pub actual_outcome_difference: f64,
+    /// `mean_outcome_difference − actual_outcome_difference`.
+    pub excess_outcome_difference: f64,
+    /// The criterion applied.
+    pub criterion: FairnessCriterion,
     /// MAE(unprivileged) − MAE(privileged), units.
     pub mae_gap: f64,
     /// The acceptance threshold on |MOD|.
     pub threshold: f64,
-    /// Whether |MOD| ≤ threshold.
+    /// Whether the criterion's difference is within ±threshold.
     pub acceptable: bool,
 }
 
@@ -90,7 +113,14 @@ fn group(name: &str, y: &[f64], pred: &[f64]) -> GroupMetrics {
 /// let registered = [1.0, 1.0, 0.0, 0.0];
 /// let r = drift::fairness("is_registered", &y, &pred, &registered, &Default::default()).unwrap();
 /// assert!((r.mean_outcome_difference - 0.5).abs() < 1e-12);
-/// assert!(!r.acceptable);
+/// assert!((r.actual_outcome_difference - 1.0).abs() < 1e-12);
+/// assert!(!r.acceptable); // |MOD| = 0.5 > 0.1
+/// let excess = drift::FairnessParams {
+///     criterion: drift::FairnessCriterion::ExcessMeanOutcomeDifference,
+///     ..Default::default()
+/// };
+/// let r = drift::fairness("is_registered", &y, &pred, &registered, &excess).unwrap();
+/// assert!(!r.acceptable); // the model halves the observed gap: excess −0.5
 /// ```
 pub fn fairness(
     sensitive_column: &str,
@@ -127,13 +157,22 @@ pub fn fairness(
     let privileged = group("registered", &py, &pp);
     let unprivileged = group("guest", &uy, &up);
     let mod_ = unprivileged.mean_prediction - privileged.mean_prediction;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let actual = mean(&uy) - mean(&py);
+    let judged = match params.criterion {
+        FairnessCriterion::MeanOutcomeDifference => mod_,
+        FairnessCriterion::ExcessMeanOutcomeDifference => mod_ - actual,
+    };
     Ok(FairnessReport {
         sensitive_column: sensitive_column.into(),
         mae_gap: unprivileged.mae - privileged.mae,
         privileged,
         unprivileged,
         mean_outcome_difference: mod_,
+        actual_outcome_difference: actual,
+        excess_outcome_difference: mod_ - actual,
+        criterion: params.criterion,
         threshold: params.max_abs_mean_outcome_difference,
-        acceptable: mod_.abs() <= params.max_abs_mean_outcome_difference,
+        acceptable: judged.abs() <= params.max_abs_mean_outcome_difference,
     })
 }

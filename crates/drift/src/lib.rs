@@ -36,8 +36,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use attribution::{Attributions, sampling_shapley};
-pub use fairness::{FairnessParams, FairnessReport, GroupMetrics, fairness};
-pub use report::{GateReport, render_html};
+pub use fairness::{FairnessCriterion, FairnessParams, FairnessReport, GroupMetrics, fairness};
+pub use report::{GateReport, ModelFairness, render_html};
 
 /// Errors of the drift crate.
 #[derive(Debug, thiserror::Error)]
@@ -379,22 +379,11 @@ fn column_drift(r: &Column, c: &Column, params: &DriftParams) -> Result<ColumnDr
         ),
     };
     // Shares for the report's histogram.
+    // Shares for the report's histogram: 20 even bins over the 1st-99th
+    // percentile of both samples (values outside go to the end bins), so a
+    // heavy tail does not squash the chart into one bar.
     let (bins, reference_shares, current_shares) = if numeric && n_unique > 20 {
-        let all: Vec<f64> = rn.iter().chain(&cn).copied().collect();
-        let edges = stattest::sturges_edges(&all);
-        let (rh, ch) = (
-            stattest::histogram(&rn, &edges),
-            stattest::histogram(&cn, &edges),
-        );
-        let labels = edges
-            .windows(2)
-            .map(|w| format!("{:.4}–{:.4}", w[0], w[1]))
-            .collect();
-        (
-            labels,
-            rh.iter().map(|v| v / rn.len() as f64).collect(),
-            ch.iter().map(|v| v / cn.len() as f64).collect(),
-        )
+        display_histogram(&rn, &cn)
     } else {
         (
             categories.iter().map(label).collect(),
@@ -416,6 +405,32 @@ fn column_drift(r: &Column, c: &Column, params: &DriftParams) -> Result<ColumnDr
         reference_shares,
         current_shares,
     })
+}
+
+fn display_histogram(rn: &[f64], cn: &[f64]) -> (Vec<String>, Vec<f64>, Vec<f64>) {
+    let mut all: Vec<f64> = rn.iter().chain(cn).copied().collect();
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all[((all.len() - 1) as f64 * q).round() as usize];
+    let (lo, mut hi) = (at(0.01), at(0.99));
+    if hi <= lo {
+        hi = lo + 1.0;
+    }
+    const BINS: usize = 20;
+    let width = (hi - lo) / BINS as f64;
+    let shares = |data: &[f64]| {
+        let mut out = vec![0.0; BINS];
+        for &v in data {
+            let k = (((v - lo) / width).floor().max(0.0) as usize).min(BINS - 1);
+            out[k] += 1.0;
+        }
+        out.iter()
+            .map(|c| c / data.len() as f64)
+            .collect::<Vec<f64>>()
+    };
+    let labels = (0..BINS)
+        .map(|k| format!("{:.3}", lo + width * k as f64))
+        .collect();
+    (labels, shares(rn), shares(cn))
 }
 
 /// Evidently's `get_binned_data`: Sturges histogram shares for numerical

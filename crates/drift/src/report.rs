@@ -6,6 +6,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Attributions, DriftError, DriftReport, FairnessReport, Result};
 
+/// The fairness check of one candidate model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFairness {
+    /// The model.
+    pub model: String,
+    /// Its fairness report.
+    pub report: FairnessReport,
+}
+
 /// Everything the promotion gate decided on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GateReport {
@@ -13,9 +22,16 @@ pub struct GateReport {
     pub title: String,
     /// Data drift.
     pub drift: DriftReport,
-    /// Fairness, when a model was evaluated.
-    pub fairness: Option<FairnessReport>,
-    /// Attributions of the production model, when computed.
+    /// Fairness of each candidate model, in priority order (empty for a
+    /// drift-only report).
+    pub fairness: Vec<ModelFairness>,
+    /// The models that pass, in priority order: the promoted manifest's.
+    pub promoted_models: Vec<String>,
+    /// Models held back, with the reason.
+    pub held_back: Vec<String>,
+    /// The model whose attributions are shown (the one that will serve).
+    pub attributed_model: Option<String>,
+    /// Its attributions.
     pub attributions: Option<Attributions>,
     /// Whether the gate passes.
     pub passed: bool,
@@ -23,14 +39,31 @@ pub struct GateReport {
     pub failures: Vec<String>,
 }
 
+fn fairness_reason(f: &FairnessReport) -> String {
+    match f.criterion {
+        crate::FairnessCriterion::MeanOutcomeDifference => format!(
+            "mean outcome difference {:+.4} exceeds ±{} (observed outcomes differ by {:+.4})",
+            f.mean_outcome_difference, f.threshold, f.actual_outcome_difference
+        ),
+        crate::FairnessCriterion::ExcessMeanOutcomeDifference => format!(
+            "predictions differ by {:+.4} between groups, observed outcomes by {:+.4}: excess {:+.4} exceeds ±{}",
+            f.mean_outcome_difference,
+            f.actual_outcome_difference,
+            f.excess_outcome_difference,
+            f.threshold
+        ),
+    }
+}
+
 impl GateReport {
-    /// Builds the report and decides: fails on dataset drift or unacceptable
-    /// fairness.
+    /// Builds the report and decides. A drift-only report (no fairness)
+    /// fails on dataset drift; a gate report also fails when no candidate
+    /// model passes the fairness check, and holds back the ones that fail.
     pub fn new(
         title: &str,
         drift: DriftReport,
-        fairness: Option<FairnessReport>,
-        attributions: Option<Attributions>,
+        fairness: Vec<ModelFairness>,
+        attributions: Option<(String, Attributions)>,
     ) -> Self {
         let mut failures = Vec::new();
         if drift.dataset_drift {
@@ -43,20 +76,35 @@ impl GateReport {
                 drift.drifted_columns().join(", ")
             ));
         }
-        if let Some(f) = &fairness
-            && !f.acceptable
-        {
+        let promoted_models: Vec<String> = fairness
+            .iter()
+            .filter(|m| m.report.acceptable)
+            .map(|m| m.model.clone())
+            .collect();
+        let held_back: Vec<String> = fairness
+            .iter()
+            .filter(|m| !m.report.acceptable)
+            .map(|m| format!("{}: fairness: {}", m.model, fairness_reason(&m.report)))
+            .collect();
+        if !fairness.is_empty() && promoted_models.is_empty() {
             failures.push(format!(
-                "fairness: mean outcome difference {:+.4} exceeds ±{}",
-                f.mean_outcome_difference, f.threshold
+                "fairness: no candidate model passes ({})",
+                held_back.join("; ")
             ));
         }
+        let (attributed_model, attributions) = match attributions {
+            Some((m, a)) => (Some(m), Some(a)),
+            None => (None, None),
+        };
         Self {
             title: title.into(),
             passed: failures.is_empty(),
             failures,
             drift,
             fairness,
+            promoted_models,
+            held_back,
+            attributed_model,
             attributions,
         }
     }
@@ -200,10 +248,30 @@ pub fn render_html(report: &GateReport) -> Result<String> {
     h.push_str(&format!("<title>{}</title>", esc(&report.title)));
     h.push_str("<style>body{font-family:sans-serif;margin:24px;max-width:1200px}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.bad{color:#b00;font-weight:bold}.ok{color:#070;font-weight:bold}.charts{display:flex;flex-wrap:wrap;gap:12px}figure{margin:0}figcaption{font-size:13px}</style></head><body>");
     h.push_str(&format!("<h1>{}</h1>", esc(&report.title)));
+    // A drift-only report (no model evaluated) states the drift verdict.
+    let decides_promotion = !report.fairness.is_empty();
     if report.passed {
-        h.push_str("<p class=\"ok\">Gate passed: the model may be promoted.</p>");
+        if decides_promotion {
+            h.push_str(&format!(
+                "<p class=\"ok\">Gate passed: promoted {}.</p>",
+                esc(&report.promoted_models.join(", "))
+            ));
+        } else {
+            h.push_str("<p class=\"ok\">No dataset drift.</p>");
+        }
+        if !report.held_back.is_empty() {
+            h.push_str("<p>Held back:</p><ul>");
+            for m in &report.held_back {
+                h.push_str(&format!("<li>{}</li>", esc(m)));
+            }
+            h.push_str("</ul>");
+        }
     } else {
-        h.push_str("<p class=\"bad\">Gate failed: the model is not promoted.</p><ul>");
+        h.push_str(if decides_promotion {
+            "<p class=\"bad\">Gate failed: the model is not promoted.</p><ul>"
+        } else {
+            "<p class=\"bad\">Dataset drift detected.</p><ul>"
+        });
         for f in &report.failures {
             h.push_str(&format!("<li>{}</li>", esc(f)));
         }
@@ -245,29 +313,38 @@ pub fn render_html(report: &GateReport) -> Result<String> {
         ));
     }
     h.push_str("</div>");
-    if let Some(f) = &report.fairness {
-        h.push_str(&format!(
-            "<h2>Fairness ({})</h2><table><tr><th>group</th><th>rows</th><th>MSE (log1p)</th><th>MAE (units)</th><th>RMSLE</th><th>mean prediction (log1p)</th></tr>",
-            esc(&f.sensitive_column)
-        ));
-        for g in [&f.privileged, &f.unprivileged] {
+    if !report.fairness.is_empty() {
+        h.push_str("<h2>Fairness (is_registered: registered = privileged)</h2><table><tr><th>model</th><th>group</th><th>rows</th><th>MSE (log1p)</th><th>MAE (units)</th><th>RMSLE</th><th>mean prediction (log1p)</th></tr>");
+        for m in &report.fairness {
+            for g in [&m.report.privileged, &m.report.unprivileged] {
+                h.push_str(&format!(
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+                    esc(&m.model), esc(&g.group), g.rows, g.mse, g.mae, g.rmsle, g.mean_prediction
+                ));
+            }
+        }
+        h.push_str("</table><table><tr><th>model</th><th>mean outcome difference (guest − registered)</th><th>observed difference</th><th>excess</th><th>criterion</th><th>MAE gap (units)</th><th>verdict</th></tr>");
+        for m in &report.fairness {
+            let f = &m.report;
             h.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
-                esc(&g.group), g.rows, g.mse, g.mae, g.rmsle, g.mean_prediction
+                "<tr><td>{}</td><td>{:+.4}</td><td>{:+.4}</td><td>{:+.4}</td><td>{:?} within ±{}</td><td>{:+.4}</td><td class=\"{}\">{}</td></tr>",
+                esc(&m.model),
+                f.mean_outcome_difference,
+                f.actual_outcome_difference,
+                f.excess_outcome_difference,
+                f.criterion,
+                f.threshold,
+                f.mae_gap,
+                if f.acceptable { "ok" } else { "bad" },
+                if f.acceptable { "acceptable" } else { "not acceptable" }
             ));
         }
-        h.push_str(&format!(
-            "</table><p>Mean outcome difference (guest − registered): <b>{:+.4}</b> (acceptable within ±{}): <span class=\"{}\">{}</span>. MAE gap: {:+.4} units.</p>",
-            f.mean_outcome_difference,
-            f.threshold,
-            if f.acceptable { "ok" } else { "bad" },
-            if f.acceptable { "acceptable" } else { "not acceptable" },
-            f.mae_gap
-        ));
+        h.push_str("</table>");
     }
     if let Some(a) = &report.attributions {
         h.push_str(&format!(
-            "<h2>Feature attributions</h2><p>Sampled Shapley values over {} rows, {} permutations each.</p>{}",
+            "<h2>Feature attributions ({})</h2><p>Sampled Shapley values over {} rows, {} permutations each.</p>{}",
+            esc(report.attributed_model.as_deref().unwrap_or("")),
             a.rows,
             a.permutations,
             attribution_svg(a, 15)?
@@ -275,4 +352,40 @@ pub fn render_html(report: &GateReport) -> Result<String> {
     }
     h.push_str("</body></html>\n");
     Ok(h)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::{Column, DriftParams, detect};
+
+    #[test]
+    fn the_html_report_is_self_contained_and_charts_every_column() {
+        let r: Vec<f64> = (0..500).map(|i| (i % 37) as f64).collect();
+        let c: Vec<f64> = r.iter().map(|v| v * 1.5).collect();
+        let reference = vec![
+            Column::numerical("price", r.clone()),
+            Column::categorical("country", (0..500).map(|i| format!("c{}", i % 3)).collect()),
+        ];
+        let current = vec![
+            Column::numerical("price", c),
+            Column::categorical("country", (0..500).map(|i| format!("c{}", i % 4)).collect()),
+        ];
+        let drift = detect(&reference, &current, &DriftParams::default()).unwrap();
+        let report = GateReport::new("test <report>", drift, Vec::new(), None);
+        assert!(!report.passed);
+        let html = render_html(&report).unwrap();
+        assert_eq!(html.matches("<svg").count(), 2);
+        assert!(html.contains("test &lt;report&gt;"));
+        assert!(html.contains("Dataset drift detected"));
+        // Nothing fetched from elsewhere: no scripts, stylesheets or images by URL.
+        for needle in ["<script", "<link", "src=\"http", "href=\"http", "@import"] {
+            assert!(!html.contains(needle), "{needle}");
+        }
+        let json: serde_json::Value = serde_json::from_slice(&report.to_json().unwrap()).unwrap();
+        assert_eq!(json["drift"]["columns"][0]["column"], "price");
+        assert_eq!(json["drift"]["columns"][0]["stattest"], "ks");
+        assert_eq!(json["drift"]["dataset_drift"], true);
+    }
 }

@@ -148,10 +148,13 @@ pub fn generate(config: &SynthConfig) -> SynthData {
         .map(|i| 1.0 / (1.0 + i as f64).powf(0.8))
         .collect();
     let total_w: f64 = weights.iter().sum();
-    let months = (config.days / 28 + 2) as usize;
+    // Each product's price level changes weekly, at random: enough variation to
+    // identify the price response, with no trend over time (a time split sees
+    // the same price distribution in every window).
+    let periods = (config.days / 7 + 2) as usize;
     let levels: Vec<Vec<f64>> = (0..n_products)
         .map(|_| {
-            (0..months)
+            (0..periods)
                 .map(|_| PRICE_LEVELS[rng.random_range(0..PRICE_LEVELS.len())])
                 .collect()
         })
@@ -196,7 +199,7 @@ pub fn generate(config: &SynthConfig) -> SynthData {
                 customer_country[customer_idx],
             )
         };
-        let month = (day / 28) as usize;
+        let period = (day / 7) as usize;
         let n_lines = rng.random_range(1..=6);
         for _ in 0..n_lines {
             let mut pick = rng.random_range(0.0..total_w);
@@ -207,7 +210,7 @@ pub fn generate(config: &SynthConfig) -> SynthData {
             }
             let product = &products[p];
             let price =
-                (product.base_price * levels[p][month.min(months - 1)] * 100.0).round() / 100.0;
+                (product.base_price * levels[p][period.min(periods - 1)] * 100.0).round() / 100.0;
             let lambda = product.expected_quantity(price).max(0.05);
             let qty = Poisson::new(lambda)
                 .map(|dist| dist.sample(&mut rng) as i64)

@@ -30,8 +30,14 @@ pub struct ArtifactKeys {
     pub feature_names: String,
     /// Directory of the trained models.
     pub models_dir: String,
-    /// The production manifest.
+    /// The manifest the models stage wrote, awaiting the promotion gate.
+    pub candidate: String,
+    /// The production manifest (written by the gate when it passes).
     pub manifest: String,
+    /// The gate's JSON report.
+    pub gate_report: String,
+    /// The gate's HTML report.
+    pub gate_html: String,
 }
 
 impl ArtifactKeys {
@@ -54,7 +60,10 @@ impl ArtifactKeys {
             preprocessor: f("split", "preprocessor.json"),
             feature_names: f("split", "feature_names.json"),
             models_dir: format!("models{scope}"),
+            candidate: f("models", "candidate.json"),
             manifest: f("models", "manifest.json"),
+            gate_report: f("gate", "report.json"),
+            gate_html: f("gate", "report.html"),
         }
     }
 }

@@ -16,6 +16,7 @@
 //! }
 //! ```
 
+pub mod gate;
 mod retrain;
 mod stages;
 
@@ -39,10 +40,14 @@ pub fn default_params() -> Params {
 /// The default params with a tiny model budget (grid tuner, 2 trials per
 /// model, a few MLP epochs, small tuning subsets): a whole run on a few
 /// thousand synthetic rows takes seconds even in a debug build. For tests and
-/// smoke runs; the models are real but weak.
+/// smoke runs; the models are real but weak — a 3-epoch MLP does not pass the
+/// fairness check — so the promotion gate is overridden (`gate.override`,
+/// recorded in the lock and in `metrics/gate.json`); the gate still runs and
+/// writes its report.
 pub fn smoke_params() -> Params {
     let mut p = default_params();
-    let settings: [(&str, toml::Value); 8] = [
+    let settings: [(&str, toml::Value); 9] = [
+        ("gate.override", true.into()),
         ("tuning.tuner", "grid".into()),
         ("tuning.grid_points_per_dim", 2.into()),
         ("tuning.grid_max_points", 2.into()),
@@ -82,13 +87,22 @@ pub enum Stage {
     Features,
     /// Features → train/val/test model matrices and the preprocessor.
     Split,
-    /// Model matrices → tuned models, their metrics and the production manifest.
+    /// Model matrices → tuned models, their metrics and the candidate manifest.
     Models,
+    /// Drift, fairness and attributions → the report; promotes the candidate
+    /// to the production manifest when they pass.
+    Gate,
 }
 
 impl Stage {
     /// All stages in DAG order.
-    pub const ALL: [Stage; 4] = [Stage::Etl, Stage::Features, Stage::Split, Stage::Models];
+    pub const ALL: [Stage; 5] = [
+        Stage::Etl,
+        Stage::Features,
+        Stage::Split,
+        Stage::Models,
+        Stage::Gate,
+    ];
 
     /// The stage's name.
     pub fn name(self) -> &'static str {
@@ -97,6 +111,7 @@ impl Stage {
             Stage::Features => "features",
             Stage::Split => "split",
             Stage::Models => "models",
+            Stage::Gate => "gate",
         }
     }
 }

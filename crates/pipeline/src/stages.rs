@@ -20,7 +20,7 @@ type StageResult = Result<StageReport, Box<dyn std::error::Error + Send + Sync>>
 /// The lineage name of `stage` for these keys (`features@CODE` for one product).
 fn stage_name(k: &ArtifactKeys, stage: Stage) -> String {
     match (&k.stockcode, stage) {
-        (Some(code), Stage::Features | Stage::Split | Stage::Models) => {
+        (Some(code), Stage::Features | Stage::Split | Stage::Models | Stage::Gate) => {
             format!("{}@{code}", stage.name())
         }
         _ => stage.name().to_string(),
@@ -41,7 +41,7 @@ fn keys(list: &[&str]) -> Vec<String> {
 
 /// Output keys of the models stage for a priority list.
 fn model_outs(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<String> {
-    let mut outs = vec![k.manifest.clone()];
+    let mut outs = vec![k.candidate.clone()];
     for kind in priority {
         let dir = format!("{}/{}", k.models_dir, kind.name());
         outs.push(format!("{dir}/model.json"));
@@ -137,6 +137,37 @@ pub(crate) fn definition(
             ]),
             outs: model_outs(k, priority),
             code_version: code_version(env!("MODELS_SRC_HASH")),
+        },
+        Stage::Gate => StageDef {
+            name,
+            deps: vec![
+                Dep::Artifact(k.features.clone()),
+                Dep::Artifact(k.window.clone()),
+                Dep::Artifact(k.train.clone()),
+                Dep::Artifact(k.test.clone()),
+                // The candidate records the hash of every model file.
+                Dep::Artifact(k.candidate.clone()),
+            ],
+            params: keys(&[
+                "models.seed",
+                "gate.p_value_threshold",
+                "gate.distance_threshold",
+                "gate.drift_share",
+                "gate.stattest",
+                "gate.max_abs_mean_outcome_difference",
+                "gate.fairness_criterion",
+                "gate.numerical_columns",
+                "gate.categorical_columns",
+                "gate.attribution_rows",
+                "gate.attribution_permutations",
+                "gate.override",
+            ]),
+            outs: vec![
+                k.gate_report.clone(),
+                k.gate_html.clone(),
+                k.manifest.clone(),
+            ],
+            code_version: code_version(env!("GATE_SRC_HASH")),
         },
     }
 }
@@ -490,7 +521,7 @@ pub(crate) fn run_stage(
                     baseline: Some(baseline),
                     probe,
                 };
-                w.put(&k.manifest, &manifest.to_json()?)?;
+                w.put(&k.candidate, &manifest.to_json()?)?;
                 metrics.insert("model_version".into(), manifest.model_version.clone().into());
                 metrics.insert(
                     "served_order".into(),
@@ -500,6 +531,93 @@ pub(crate) fn run_stage(
                     rows_in: (train.len() + val.len() + test.len()) as u64,
                     rows_out: manifest.models.len() as u64,
                     metrics: serde_json::Value::Object(metrics),
+                })
+            })
+        }
+        Stage::Gate => {
+            let gp = crate::gate::gate_params(params)?;
+            let seed = train_config(params)?.seed;
+            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
+                bar.set_message("gate: reading features and the candidate");
+                let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
+                let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
+                let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
+                let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+                let candidate_bytes = w.get(&k.candidate)?;
+                let candidate = Manifest::from_json(&candidate_bytes)?;
+                let loader = models::FailoverLoader::new(config.store);
+                let mut loaded = Vec::new();
+                let mut unloadable = Vec::new();
+                for entry in &candidate.models {
+                    match loader.load_entry(&candidate, entry) {
+                        Ok(m) => loaded.push((entry.kind, m)),
+                        Err(e) => unloadable.push(format!("{}: {e}", entry.kind.name())),
+                    }
+                }
+                if loaded.is_empty() {
+                    return Err(format!("no candidate model loads: {}", unloadable.join("; ")).into());
+                }
+                bar.set_message("gate: drift, fairness and attributions");
+                let inputs = crate::gate::GateInputs {
+                    table: &table,
+                    window: &window,
+                    candidate: &candidate,
+                    models: &loaded,
+                    train: &train,
+                    test: &test,
+                };
+                let title = format!(
+                    "Promotion gate: candidate models version {} — training window vs test window",
+                    candidate.model_version
+                );
+                let report = crate::gate::evaluate(&title, &inputs, &gp, seed)?;
+                w.put(&k.gate_report, &report.to_json()?)?;
+                w.put(&k.gate_html, drift::render_html(&report)?.as_bytes())?;
+                if !(report.passed || gp.override_gate) {
+                    return Err(format!(
+                        "promotion gate failed, production manifest `{}` left as it was: {} (report: {}, {}; to promote anyway: --set gate.override=true)",
+                        k.manifest,
+                        report.failures.join("; "),
+                        k.gate_report,
+                        k.gate_html
+                    )
+                    .into());
+                }
+                if !report.passed {
+                    tracing::warn!(failures = ?report.failures, "promotion gate failed; promoted because gate.override = true");
+                }
+                // An override promotes the candidate as it is; otherwise only
+                // the models that passed, in priority order.
+                let promoted: Vec<String> = if gp.override_gate {
+                    candidate.models.iter().map(|e| e.kind.name().to_string()).collect()
+                } else {
+                    report.promoted_models.clone()
+                };
+                let production = crate::gate::promoted_manifest(&candidate, &promoted)?;
+                w.put(&k.manifest, &production.to_json()?)?;
+                let metrics = serde_json::json!({
+                    "passed": report.passed,
+                    "override": gp.override_gate,
+                    "promoted_models": promoted,
+                    "held_back": report.held_back,
+                    "unloadable": unloadable,
+                    "failures": report.failures,
+                    "model_version": production.model_version,
+                    "drifted_columns": report.drift.drifted_columns(),
+                    "share_of_drifted_columns": report.drift.share_of_drifted_columns,
+                    "dataset_drift": report.drift.dataset_drift,
+                    "fairness": report.fairness.iter().map(|f| serde_json::json!({
+                        "model": f.model,
+                        "mean_outcome_difference": f.report.mean_outcome_difference,
+                        "actual_outcome_difference": f.report.actual_outcome_difference,
+                        "acceptable": f.report.acceptable,
+                    })).collect::<Vec<_>>(),
+                    "top_features": report.attributions.as_ref().map(|a| a.top(5)),
+                });
+                Ok(StageReport {
+                    rows_in: (train.len() + test.len()) as u64,
+                    rows_out: 1,
+                    metrics,
                 })
             })
         }
