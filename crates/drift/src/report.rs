@@ -37,6 +37,9 @@ pub struct GateReport {
     pub passed: bool,
     /// Why it fails (empty when it passes).
     pub failures: Vec<String>,
+    /// The gate failed and the candidate was promoted anyway by an explicit
+    /// override.
+    pub overridden: bool,
 }
 
 fn fairness_reason(f: &FairnessReport) -> String {
@@ -106,6 +109,7 @@ impl GateReport {
             held_back,
             attributed_model,
             attributions,
+            overridden: false,
         }
     }
 
@@ -267,7 +271,9 @@ pub fn render_html(report: &GateReport) -> Result<String> {
             h.push_str("</ul>");
         }
     } else {
-        h.push_str(if decides_promotion {
+        h.push_str(if report.overridden {
+            "<p class=\"bad\">Gate failed; the candidate was promoted anyway by an explicit override (gate.override, recorded in pipeline.lock.json).</p><ul>"
+        } else if decides_promotion {
             "<p class=\"bad\">Gate failed: the model is not promoted.</p><ul>"
         } else {
             "<p class=\"bad\">Dataset drift detected.</p><ul>"

@@ -212,10 +212,13 @@ pub fn evaluate(
         });
     }
 
+    // The model that will serve: the first that passes, else (when an
+    // override promotes the candidate as it is) the first candidate.
     let serving = fairness
         .iter()
         .position(|f| f.report.acceptable)
-        .and_then(|i| inputs.models.get(i));
+        .and_then(|i| inputs.models.get(i))
+        .or(inputs.models.first());
     let attributions = match serving {
         None => None,
         Some((kind, model)) => {
