@@ -101,7 +101,7 @@ fn pipeline_runs_then_skips_and_reports() {
     let second = xtask(&["pipeline", "--raw", raw_s, "--out", out_s], dir.path());
     let stdout = text(&second.stdout);
     assert!(second.status.success());
-    assert_eq!(stdout.matches("skipped").count(), 5, "{stdout}"); // 4 rows + the total line
+    assert_eq!(stdout.matches("skipped").count(), 6, "{stdout}"); // 5 rows + the total line
     let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
     assert!(
         text(&status.stdout).contains("pipeline is up to date"),

@@ -38,12 +38,16 @@ impl Attributions {
     }
 }
 
+/// A batch predictor: model-matrix rows in, one prediction per row out.
+pub type PredictFn<'a> =
+    dyn Fn(ArrayView2<'_, f64>) -> std::result::Result<Array1<f64>, String> + 'a;
+
 /// Estimates Shapley values of `predict` for each row of `x`: per row,
 /// `permutations` random feature orders, each starting from a random row of
 /// `background` and switching features to the row's values in that order;
 /// a feature's value is the mean change in prediction when it switches.
 pub fn sampling_shapley(
-    predict: &dyn Fn(ArrayView2<'_, f64>) -> std::result::Result<Array1<f64>, String>,
+    predict: &PredictFn<'_>,
     feature_names: &[String],
     x: ArrayView2<'_, f64>,
     background: ArrayView2<'_, f64>,

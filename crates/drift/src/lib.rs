@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use attribution::{Attributions, sampling_shapley};
+pub use attribution::{Attributions, PredictFn, sampling_shapley};
 pub use fairness::{FairnessCriterion, FairnessParams, FairnessReport, GroupMetrics, fairness};
 pub use report::{GateReport, ModelFairness, render_html};
 
@@ -418,7 +418,7 @@ fn display_histogram(rn: &[f64], cn: &[f64]) -> (Vec<String>, Vec<f64>, Vec<f64>
     const BINS: usize = 20;
     let width = (hi - lo) / BINS as f64;
     let shares = |data: &[f64]| {
-        let mut out = vec![0.0; BINS];
+        let mut out = [0.0; BINS];
         for &v in data {
             let k = (((v - lo) / width).floor().max(0.0) as usize).min(BINS - 1);
             out[k] += 1.0;
