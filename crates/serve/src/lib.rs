@@ -189,7 +189,7 @@ impl App {
         let key = self
             .cache
             .key(self.recommender.cache_version(), &request.cache_key());
-        let mut status = if !self.cache.enabled() {
+        let status = if !self.cache.enabled() {
             CacheStatus::Off
         } else if bypass {
             CacheStatus::Bypass
@@ -210,8 +210,6 @@ impl App {
             let value = rec.clone();
             // Stored in the background: the answer does not wait on Redis.
             tokio::spawn(async move { cache.put(key, value).await });
-        } else {
-            status = CacheStatus::Off;
         }
         Ok((rec, status))
     }
