@@ -1,5 +1,6 @@
 //! The price-model pipeline as a DAG of lineage stages:
-//! `etl → features → split → models` (quality gates join in a later issue).
+//! `etl → features → split → models → gate`. The gate promotes the candidate
+//! models to the production manifest only when drift and fairness pass.
 //!
 //! Each stage is a function of typed artifacts read from and written to an
 //! [`ArtifactStore`]; the [`lineage::Runner`] decides whether it runs. This crate
