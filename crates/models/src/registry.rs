@@ -67,6 +67,14 @@ impl Manifest {
         Ok(m)
     }
 
+    /// The model version of a set of entries: the first 16 hex digits of the
+    /// BLAKE3 hash of their JSON, so any change to a model, its files or its
+    /// place in the order gives a new version.
+    pub fn version_of(models: &[ManifestEntry]) -> Result<String> {
+        let json = serde_json::to_vec(models)?;
+        Ok(lineage::content_hash(&json)[..16].to_string())
+    }
+
     /// The probe rows as a matrix.
     pub fn probe_matrix(&self) -> Result<Array2<f64>> {
         let cols = self.feature_names.len();

@@ -248,7 +248,7 @@ pub fn evaluate(
 pub fn promoted_manifest(
     candidate: &Manifest,
     promoted: &[String],
-) -> Result<Manifest, serde_json::Error> {
+) -> Result<Manifest, models::ModelError> {
     let models: Vec<models::ManifestEntry> = candidate
         .models
         .iter()
@@ -258,9 +258,8 @@ pub fn promoted_manifest(
     if models.len() == candidate.models.len() {
         return Ok(candidate.clone());
     }
-    let version = lineage::content_hash(&serde_json::to_vec(&models)?);
     Ok(Manifest {
-        model_version: version[..16].to_string(),
+        model_version: Manifest::version_of(&models)?,
         models,
         ..candidate.clone()
     })

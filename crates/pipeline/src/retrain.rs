@@ -187,14 +187,13 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
                 entries.push(entry.clone());
             }
         }
-        let version_input = serde_json::to_vec(&entries)?;
         let probe = if same_features {
             manifest.probe.clone()
         } else {
             (0..val.len().min(8)).map(|i| val.x.row(i).to_vec()).collect()
         };
         let new_manifest = Manifest {
-            model_version: lineage::content_hash(&version_input)[..16].to_string(),
+            model_version: Manifest::version_of(&entries)?,
             feature_names: train.feature_names.clone(),
             models: entries,
             probe,

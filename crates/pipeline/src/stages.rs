@@ -511,10 +511,9 @@ pub(crate) fn run_stage(
                 let probe: Vec<Vec<f64>> = (0..probe_src.len().min(8))
                     .map(|i| probe_src.x.row(i).to_vec())
                     .collect();
-                let version_input = serde_json::to_vec(&entries)?;
                 let manifest = Manifest {
                     version: 1,
-                    model_version: lineage::content_hash(&version_input)[..16].to_string(),
+                    model_version: Manifest::version_of(&entries)?,
                     stockcode: k.stockcode.clone(),
                     feature_names: train.feature_names.clone(),
                     models: entries,
