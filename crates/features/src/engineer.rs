@@ -102,6 +102,15 @@ impl TrainWindow {
             2
         }
     }
+
+    /// Indices of `timestamps` in each part: `[train, validation, test]`.
+    pub fn partition(&self, timestamps: &[i64]) -> [Vec<usize>; 3] {
+        let mut parts: [Vec<usize>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        for (i, &t) in timestamps.iter().enumerate() {
+            parts[self.part_of(t)].push(i);
+        }
+        parts
+    }
 }
 
 /// A product's reference prices, from the training window.

@@ -160,10 +160,7 @@ pub fn split(
     let rows = table.rows()?;
     let ts = table.timestamps()?;
     let target = table.numeric("target")?;
-    let mut parts: [Vec<usize>; 3] = [Vec::new(), Vec::new(), Vec::new()];
-    for (i, &t) in ts.iter().enumerate() {
-        parts[window.part_of(t)].push(i);
-    }
+    let parts = window.partition(ts);
     if parts[0].is_empty() {
         return Err(FeatureError::NoData("the training part is empty".into()));
     }

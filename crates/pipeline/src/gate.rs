@@ -131,25 +131,6 @@ pub fn feature_columns(
     Ok(out)
 }
 
-/// Rows of the table in the train window (reference) and the test window
-/// (current).
-pub fn window_rows(
-    table: &FeatureTable,
-    window: &TrainWindow,
-) -> Result<(Vec<usize>, Vec<usize>), features::FeatureError> {
-    let ts = table.timestamps()?;
-    let mut reference = Vec::new();
-    let mut current = Vec::new();
-    for (i, &t) in ts.iter().enumerate() {
-        match window.part_of(t) {
-            0 => reference.push(i),
-            2 => current.push(i),
-            _ => {}
-        }
-    }
-    Ok((reference, current))
-}
-
 /// Everything the gate needs, already loaded.
 pub struct GateInputs<'a> {
     /// Row features.
@@ -174,7 +155,8 @@ pub fn evaluate(
     params: &GateParams,
     seed: u64,
 ) -> Result<GateReport, Box<dyn std::error::Error + Send + Sync>> {
-    let (reference_rows, current_rows) = window_rows(inputs.table, inputs.window)?;
+    // Reference = the training window, current = the test window.
+    let [reference_rows, _, current_rows] = inputs.window.partition(inputs.table.timestamps()?);
     let reference = feature_columns(
         inputs.table,
         &reference_rows,
