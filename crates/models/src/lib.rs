@@ -50,7 +50,8 @@ pub use linear::{ElasticNetModel, ElasticNetParams};
 pub use metrics::{Metrics, evaluate, metrics_from_predictions};
 pub use mlp::{Activation, MlpModel, MlpParams, Optimizer};
 pub use registry::{
-    FailoverLoader, LoadedModel, Manifest, ManifestEntry, SkippedModel, load_from_store,
+    FailoverLoader, KindedModels, LoadedModel, Manifest, ManifestEntry, SkippedModel,
+    load_from_store,
 };
 pub use svr::{SvrModel, SvrParams};
 pub use train::{TrainConfig, TrainOutcome, TrainedModel, train_all, tune_and_fit};

@@ -121,6 +121,9 @@ impl std::fmt::Debug for LoadedModel {
     }
 }
 
+/// Loaded models with their kinds, in priority order.
+pub type KindedModels = Vec<(ModelKind, Box<dyn Regressor>)>;
+
 /// Walks manifests and their models in priority order.
 pub struct FailoverLoader<'a> {
     store: &'a dyn ArtifactStore,
@@ -169,6 +172,32 @@ impl<'a> FailoverLoader<'a> {
             });
         }
         Ok(model)
+    }
+
+    /// Loads every model of `manifest` (read from `manifest_key`) that
+    /// passes [`FailoverLoader::load_entry`], in priority order, and the ones
+    /// that do not, with reasons.
+    pub fn load_all(
+        &self,
+        manifest_key: &str,
+        manifest: &Manifest,
+    ) -> (KindedModels, Vec<SkippedModel>) {
+        let mut loaded = Vec::new();
+        let mut skipped = Vec::new();
+        for entry in &manifest.models {
+            match self.load_entry(manifest, entry) {
+                Ok(model) => loaded.push((entry.kind, model)),
+                Err(e) => {
+                    tracing::warn!(manifest = %manifest_key, model = entry.kind.name(), error = %e, "model skipped");
+                    skipped.push(SkippedModel {
+                        manifest: manifest_key.to_string(),
+                        kind: entry.kind,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        (loaded, skipped)
     }
 
     /// Tries each manifest key in turn (a product's own manifest first, say)

@@ -544,15 +544,12 @@ pub(crate) fn run_stage(
                 let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
                 let candidate_bytes = w.get(&k.candidate)?;
                 let candidate = Manifest::from_json(&candidate_bytes)?;
-                let loader = models::FailoverLoader::new(config.store);
-                let mut loaded = Vec::new();
-                let mut unloadable = Vec::new();
-                for entry in &candidate.models {
-                    match loader.load_entry(&candidate, entry) {
-                        Ok(m) => loaded.push((entry.kind, m)),
-                        Err(e) => unloadable.push(format!("{}: {e}", entry.kind.name())),
-                    }
-                }
+                let (loaded, skipped) =
+                    models::FailoverLoader::new(config.store).load_all(&k.candidate, &candidate);
+                let unloadable: Vec<String> = skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.kind.name(), s.reason))
+                    .collect();
                 if loaded.is_empty() {
                     return Err(format!("no candidate model loads: {}", unloadable.join("; ")).into());
                 }

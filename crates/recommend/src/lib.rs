@@ -273,25 +273,11 @@ impl Recommender {
             }));
         }
 
-        let loader = models::FailoverLoader::new(store);
-        let mut models = Vec::new();
-        let mut skipped = Vec::new();
-        for entry in &manifest.models {
-            match loader.load_entry(&manifest, entry) {
-                Ok(model) => models.push(ServingModel {
-                    kind: entry.kind,
-                    model,
-                }),
-                Err(e) => {
-                    tracing::warn!(model = entry.kind.name(), error = %e, "model skipped at load");
-                    skipped.push(SkippedModel {
-                        manifest: k.manifest.clone(),
-                        kind: entry.kind,
-                        reason: e.to_string(),
-                    });
-                }
-            }
-        }
+        let (loaded, skipped) = models::FailoverLoader::new(store).load_all(&k.manifest, &manifest);
+        let models: Vec<ServingModel> = loaded
+            .into_iter()
+            .map(|(kind, model)| ServingModel { kind, model })
+            .collect();
         if models.is_empty() {
             let why = skipped
                 .iter()
