@@ -1,15 +1,20 @@
-//! The promotion gate in the pipeline: a clean run promotes the candidate;
-//! a drifted current window fails the run, writes the report and leaves the
-//! production manifest as it was; an explicit override promotes and is
-//! recorded in the lock.
+//! The promotion gate in the pipeline: a clean run promotes the candidate's
+//! release; a drifted current window fails the run, writes the report and a
+//! blocked release, and leaves production where it was; an explicit override
+//! promotes and is recorded in the lock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use etl::synth::SynthConfig;
-use integration_tests::{fast_params, write_synthetic};
-use lineage::{ArtifactStore, LocalStore, LockFile};
+use lineage::{ArtifactStore, LocalStore, LockFile, Releases};
 use models::{Manifest, load_from_store};
-use pipeline::PipelineConfig;
+use testkit::{Scenario, fast_params};
+
+/// The production release's manifest.
+fn production_manifest(store: &LocalStore) -> Manifest {
+    let releases = Releases::new(store, None);
+    let pointer = releases.production().unwrap().unwrap();
+    Manifest::from_json(&releases.open(&pointer).get("models/manifest.json").unwrap()).unwrap()
+}
 
 /// The synthetic export with the last `share` of its lines (in time) drifted:
 /// prices × 2.5 and quantities × 4, as after a repricing and a bulk-buying
@@ -39,17 +44,9 @@ fn drifted(csv: &str, share: f64) -> String {
 
 #[test]
 fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
-    let dir = tempfile::tempdir().unwrap();
-    let (raw, data) = write_synthetic(
-        dir.path(),
-        "raw.csv",
-        &SynthConfig {
-            n_invoices: 700,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let store = LocalStore::new(dir.path().join("out")).unwrap();
+    let scenario = Scenario::new(700);
+    let store = scenario.store("out");
+    let releases = Releases::new(&store, None);
 
     // The gate's own params: not overridden. LightGBM serves: the smoke
     // budget's 3-epoch MLP fails the fairness check (see the last step).
@@ -64,10 +61,22 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
         p
     };
 
-    // Clean data: promoted, the production manifest is the candidate.
-    pipeline::run(&PipelineConfig::new(raw.clone(), &store, gated())).unwrap();
-    let production = store.get("models/manifest.json").unwrap();
-    assert_eq!(production, store.get("models/candidate.json").unwrap());
+    // Clean data: promoted, the production release serves the candidate.
+    scenario.run(&store, gated()).unwrap();
+    let pointer_bytes = store.get("production.json").unwrap();
+    let pointer = releases.production().unwrap().unwrap();
+    let candidate = Manifest::from_json(&store.get("models/candidate.json").unwrap()).unwrap();
+    assert_eq!(production_manifest(&store), candidate);
+    assert_eq!(pointer.actor, "gate");
+    assert!(pointer.previous.is_none());
+    // The working area has no production manifest: only releases serve.
+    assert!(!store.exists("models/manifest.json").unwrap());
+    let release = releases.open(&pointer);
+    assert_eq!(
+        release.get("gate/report.json").unwrap(),
+        store.get("gate/report.json").unwrap(),
+        "the release carries its gate report"
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&store.get("gate/report.json").unwrap()).unwrap();
     assert_eq!(report["passed"], true, "{}", report["failures"]);
@@ -95,16 +104,37 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
     }
 
     // The most recent 35% of the data drifts: the run fails, the report says
-    // why, and the production manifest is untouched.
-    let drifted_raw = dir.path().join("drifted.csv");
-    std::fs::write(&drifted_raw, drifted(&data.csv, 0.35)).unwrap();
-    let err = pipeline::run(&PipelineConfig::new(drifted_raw.clone(), &store, gated()))
-        .unwrap_err()
-        .to_string();
+    // why, the candidate is kept as a blocked release, and production is
+    // untouched, byte for byte.
+    let drifted_raw = scenario.dir().join("drifted.csv");
+    std::fs::write(&drifted_raw, drifted(&scenario.data.csv, 0.35)).unwrap();
+    let drifted_config = || pipeline::PipelineConfig::new(drifted_raw.clone(), &store, gated());
+    let err = pipeline::run(&drifted_config()).unwrap_err().to_string();
     assert!(err.contains("promotion gate failed"), "{err}");
     assert!(err.contains("data drift"), "{err}");
-    assert_eq!(store.get("models/manifest.json").unwrap(), production);
-    assert_ne!(store.get("models/candidate.json").unwrap(), production);
+    assert!(
+        err.contains(&pointer.release),
+        "names what still serves: {err}"
+    );
+    assert_eq!(store.get("production.json").unwrap(), pointer_bytes);
+    assert_ne!(
+        Manifest::from_json(&store.get("models/candidate.json").unwrap()).unwrap(),
+        candidate
+    );
+    let listed = releases.list().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[0].id, pointer.release);
+    assert_eq!(listed[0].verdict.label(), "passed");
+    assert_eq!(listed[1].verdict.label(), "blocked");
+    assert!(
+        listed[1]
+            .verdict
+            .failures
+            .iter()
+            .any(|f| f.contains("data drift")),
+        "{:?}",
+        listed[1].verdict
+    );
     let report: serde_json::Value =
         serde_json::from_slice(&store.get("gate/report.json").unwrap()).unwrap();
     assert_eq!(report["drift"]["dataset_drift"], true);
@@ -124,10 +154,24 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
     // An explicit override promotes, and the lineage records it.
     let mut params = gated();
     params.set("gate.override", true).unwrap();
-    pipeline::run(&PipelineConfig::new(drifted_raw, &store, params)).unwrap();
+    pipeline::run(&pipeline::PipelineConfig::new(drifted_raw, &store, params)).unwrap();
     assert_eq!(
-        store.get("models/manifest.json").unwrap(),
-        store.get("models/candidate.json").unwrap()
+        production_manifest(&store),
+        Manifest::from_json(&store.get("models/candidate.json").unwrap()).unwrap()
+    );
+    let overridden = releases.production().unwrap().unwrap();
+    assert_eq!(
+        overridden.previous.as_deref(),
+        Some(pointer.release.as_str())
+    );
+    assert!(
+        overridden.reason.contains("gate.override"),
+        "{}",
+        overridden.reason
+    );
+    assert_eq!(
+        releases.info(&overridden.release).unwrap().verdict.label(),
+        "overridden"
     );
     let lock = LockFile::load(&store).unwrap();
     assert_eq!(
@@ -144,17 +188,8 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
 fn the_gate_holds_back_an_unfair_model_and_fails_when_none_is_fair() {
     // The smoke budget's MLP (3 epochs) predicts guests' quantities far below
     // what the clean synthetic data shows; LightGBM does not.
-    let dir = tempfile::tempdir().unwrap();
-    let (raw, _) = write_synthetic(
-        dir.path(),
-        "raw.csv",
-        &SynthConfig {
-            n_invoices: 700,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let store = LocalStore::new(dir.path().join("out")).unwrap();
+    let scenario = Scenario::new(700);
+    let store = scenario.store("out");
     let params = |priority: Vec<&str>| {
         let mut p = fast_params();
         p.set("gate.override", false).unwrap();
@@ -165,13 +200,10 @@ fn the_gate_holds_back_an_unfair_model_and_fails_when_none_is_fair() {
         .unwrap();
         p
     };
-    pipeline::run(&PipelineConfig::new(
-        raw.clone(),
-        &store,
-        params(vec!["mlp", "lightgbm"]),
-    ))
-    .unwrap();
-    let production = Manifest::from_json(&store.get("models/manifest.json").unwrap()).unwrap();
+    scenario
+        .run(&store, params(vec!["mlp", "lightgbm"]))
+        .unwrap();
+    let production = production_manifest(&store);
     let kinds: Vec<&str> = production.models.iter().map(|e| e.kind.name()).collect();
     assert_eq!(kinds, vec!["lightgbm"]);
     let candidate = Manifest::from_json(&store.get("models/candidate.json").unwrap()).unwrap();
@@ -184,21 +216,30 @@ fn the_gate_holds_back_an_unfair_model_and_fails_when_none_is_fair() {
         held[0].as_str().unwrap().starts_with("mlp: fairness"),
         "{held:?}"
     );
+    let releases = Releases::new(&store, None);
+    let pointer = releases.production().unwrap().unwrap();
     assert_eq!(
-        load_from_store(&store, &["models/manifest.json"])
+        load_from_store(&releases.open(&pointer), &["models/manifest.json"])
             .unwrap()
             .entry
             .kind
             .name(),
         "lightgbm"
     );
+    // The release carries only what serves: no MLP files.
+    assert!(
+        pointer.files.keys().all(|k| !k.contains("/mlp/")),
+        "{:?}",
+        pointer.files
+    );
 
     // Only the unfair model: nothing to promote, the run fails, production unchanged.
-    let before = store.get("models/manifest.json").unwrap();
-    let err = pipeline::run(&PipelineConfig::new(raw, &store, params(vec!["mlp"])))
+    let before = store.get("production.json").unwrap();
+    let err = scenario
+        .run(&store, params(vec!["mlp"]))
         .unwrap_err()
         .to_string();
     assert!(err.contains("no candidate model passes"), "{err}");
     assert!(!err.contains("data drift"), "{err}");
-    assert_eq!(store.get("models/manifest.json").unwrap(), before);
+    assert_eq!(store.get("production.json").unwrap(), before);
 }

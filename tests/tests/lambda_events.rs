@@ -6,10 +6,10 @@
 
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
-use integration_tests::{S3TestServer, call, get, serving_fixture};
-use lineage::ArtifactStore;
+use lineage::{ArtifactStore, Releases};
 use serde_json::{Value, json};
 use serve::{App, ServeConfig};
+use testkit::{S3TestServer, call, get, serving_fixture};
 use tower::ServiceExt;
 
 #[derive(Clone, Copy, Debug)]
@@ -111,7 +111,7 @@ fn app() -> App {
 }
 
 fn product() -> String {
-    serving_fixture().data.products[1].stock_code.clone()
+    serving_fixture().data().products[1].stock_code.clone()
 }
 
 #[tokio::test]
@@ -175,32 +175,88 @@ async fn invocations_and_errors_through_events() {
     }
 }
 
+/// Copies a local store's production pointer and its release to `remote`.
+fn publish(local: &lineage::LocalStore, remote: &dyn ArtifactStore) -> lineage::Pointer {
+    let pointer = Releases::new(local, None).production().unwrap().unwrap();
+    for key in pointer.files.keys() {
+        let full = Releases::key_in(&pointer.release, key);
+        remote.put(&full, &local.get(&full).unwrap()).unwrap();
+    }
+    let info_key = Releases::key_in(&pointer.release, "release.json");
+    remote
+        .put(&info_key, &local.get(&info_key).unwrap())
+        .unwrap();
+    remote
+        .put("production.json", &local.get("production.json").unwrap())
+        .unwrap();
+    pointer
+}
+
 #[test]
-fn s3_artifacts_are_staged_once_and_serve_the_same_answers() {
+fn s3_releases_are_staged_once_by_id_and_serve_the_same_answers() {
     let s3 = S3TestServer::start("models").unwrap();
     let remote = s3.store("models", "prod/price").unwrap();
     let local = lineage::LocalStore::new(&serving_fixture().dir).unwrap();
-    for key in recommend::Recommender::artifact_keys(&local).unwrap() {
-        remote.put(&key, &local.get(&key).unwrap()).unwrap();
-    }
+    let pointer = publish(&local, &remote);
     let tmp = tempfile::tempdir().unwrap();
-    let dir = lambda::stage_artifacts(&remote, tmp.path()).unwrap();
+    let dir = lambda::stage_release(&remote, &pointer, tmp.path()).unwrap();
+    assert_eq!(
+        dir.file_name().unwrap().to_string_lossy(),
+        format!("release-{}", pointer.release)
+    );
     assert!(dir.join(".complete").exists());
     let staged = recommend::Recommender::load(&lineage::LocalStore::new(&dir).unwrap()).unwrap();
     let original = recommend::Recommender::load(&local).unwrap();
+    assert_eq!(staged.release(), pointer.release);
     let request = recommend::PriceRequest::new(product()).bins(9);
     assert_eq!(
         staged.recommend(&request).unwrap(),
         original.recommend(&request).unwrap()
     );
-    // A second cold start finds the copy complete: nothing but the manifest is read.
-    let model_key = "models/lightgbm/model.json";
-    remote.delete(model_key).unwrap();
-    assert_eq!(lambda::stage_artifacts(&remote, tmp.path()).unwrap(), dir);
-    // A new model set (another manifest) is staged afresh, and a missing file fails loudly.
-    let mut manifest = remote.get("models/manifest.json").unwrap();
-    manifest.extend_from_slice(b"\n");
-    remote.put("models/manifest.json", &manifest).unwrap();
-    let err = lambda::stage_artifacts(&remote, tmp.path()).unwrap_err();
-    assert!(err.to_string().contains(model_key), "{err}");
+    // A second cold start finds the copy complete: nothing is read again.
+    let model_key = Releases::key_in(&pointer.release, "models/lightgbm/model.json");
+    let model = remote.get(&model_key).unwrap();
+    remote.delete(&model_key).unwrap();
+    assert_eq!(
+        lambda::stage_release(&remote, &pointer, tmp.path()).unwrap(),
+        dir
+    );
+    // A file that does not match the pointer fails loudly, and nothing of
+    // the bad copy is served.
+    let other = tempfile::tempdir().unwrap();
+    let mut corrupt = model.clone();
+    corrupt.push(b' ');
+    remote.put(&model_key, &corrupt).unwrap();
+    let err = lambda::stage_release(&remote, &pointer, other.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("models/lightgbm/model.json"),
+        "{err}"
+    );
+    assert!(
+        !other
+            .path()
+            .join(format!("release-{}/.complete", pointer.release))
+            .exists()
+    );
+    remote.put(&model_key, &model).unwrap();
+
+    // Another release is staged in a directory of its own, and the older
+    // release's directory is removed.
+    let mut moved = pointer.clone();
+    moved.release = "0123456789abcdef".into();
+    for key in pointer.files.keys() {
+        let bytes = remote
+            .get(&Releases::key_in(&pointer.release, key))
+            .unwrap();
+        remote
+            .put(&Releases::key_in(&moved.release, key), &bytes)
+            .unwrap();
+    }
+    let next = lambda::stage_release(&remote, &moved, tmp.path()).unwrap();
+    assert_ne!(next, dir);
+    assert!(
+        !dir.exists(),
+        "the older release's staging directory is removed"
+    );
+    assert!(next.join(".complete").exists());
 }

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use etl::synth::SynthConfig;
-use integration_tests::{S3TestServer, fast_params, is_timing_record, write_synthetic};
 use lineage::{ArtifactStore, LOCK_KEY, LocalStore, LockFile, Params};
 use pipeline::{PipelineConfig, Stage};
+use testkit::{S3TestServer, fast_params, is_timing_record, write_synthetic};
 
 fn dataset(dir: &Path) -> PathBuf {
     write_synthetic(

@@ -6,9 +6,9 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use integration_tests::{call, copy_dir, get, serving_fixture};
 use serde_json::Value;
 use serve::{App, CacheConfig, ServeConfig};
+use testkit::{call, copy_dir, get, production_release, serving_fixture};
 
 fn app(config: ServeConfig) -> App {
     App::load(&config).unwrap()
@@ -20,7 +20,7 @@ fn default_app() -> App {
 
 /// The best-selling synthetic product (always in the artifacts).
 fn product() -> String {
-    let data = &serving_fixture().data;
+    let data = serving_fixture().data();
     data.products
         .iter()
         .max_by(|a, b| a.base_quantity.total_cmp(&b.base_quantity))
@@ -373,7 +373,8 @@ async fn cors_allows_configured_origins_only() {
 async fn a_corrupted_primary_model_is_skipped_and_answers_say_which_model_served() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&serving_fixture().dir, dir.path()).unwrap();
-    let weights = dir.path().join("models/mlp/weights.safetensors");
+    let (release, _) = production_release(&lineage::LocalStore::new(dir.path()).unwrap());
+    let weights = release.join("models/mlp/weights.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;

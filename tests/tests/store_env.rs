@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use integration_tests::S3TestServer;
+use testkit::S3TestServer;
 
 #[test]
 fn open_store_reads_the_endpoint_from_the_standard_environment() {
@@ -13,7 +13,7 @@ fn open_store_reads_the_endpoint_from_the_standard_environment() {
     let store = lineage::open_store("s3://bkt/some/prefix").unwrap();
     assert_eq!(store.location(), "s3://bkt/some/prefix");
     store.put("k.txt", b"v").unwrap();
-    assert!(server.root.path().join("bkt/some/prefix/k.txt").exists());
+    assert!(server.root().join("bkt/some/prefix/k.txt").exists());
 }
 
 fn unsafe_env(endpoint: &str) {
@@ -23,8 +23,8 @@ fn unsafe_env(endpoint: &str) {
     // process has no other test thread.
     unsafe {
         std::env::set_var("AWS_ENDPOINT_URL", endpoint);
-        std::env::set_var("AWS_ACCESS_KEY_ID", integration_tests::ACCESS_KEY);
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", integration_tests::SECRET_KEY);
+        std::env::set_var("AWS_ACCESS_KEY_ID", testkit::ACCESS_KEY);
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", testkit::SECRET_KEY);
         std::env::set_var("AWS_REGION", "us-east-1");
     }
 }

@@ -2,11 +2,11 @@
 //! One artifact-store test suite, run against the local backend and against a
 //! real S3-compatible server (s3s-fs) on 127.0.0.1.
 
-use integration_tests::S3TestServer;
 use lineage::{
     ArtifactStore, Dep, LineageError, LocalStore, LockFile, Params, Reason, Runner, StageDef,
     StageReport, content_hash,
 };
+use testkit::S3TestServer;
 
 fn suite(store: &dyn ArtifactStore) {
     // Absent objects.
@@ -152,7 +152,7 @@ fn s3_store_passes_the_suite_against_a_real_server() {
     let store = server.store("artifacts", "runs/r1").unwrap();
     suite(&store);
     // Objects are really on the server, under the prefix.
-    let on_disk = server.root.path().join("artifacts/runs/r1/a/one.json");
+    let on_disk = server.root().join("artifacts/runs/r1/a/one.json");
     assert_eq!(std::fs::read(on_disk).unwrap(), b"{\"x\":2}");
     // Another prefix is another namespace.
     let other = server.store("artifacts", "runs/r2").unwrap();

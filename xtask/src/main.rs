@@ -1,6 +1,10 @@
 //! `cargo xtask`: the project's task runner.
 //!
-//! - `pipeline` runs the DAG (skipping up-to-date stages), like `dvc repro`.
+//! - `pipeline` runs the DAG (skipping up-to-date stages), like `dvc repro`;
+//!   its gate writes a release and promotes it only when it passes.
+//! - `releases`, `promote`, `rollback`, `gc` manage releases and the
+//!   production pointer.
+//! - `faults` runs the fault-injection suite.
 //! - `status` says which stages are stale and why, like `dvc status`.
 //! - `metrics` shows every stage's metrics, like `dvc metrics show`.
 //! - `data` puts the raw dataset where the pipeline looks by default.
@@ -152,6 +156,63 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// List releases: their gate verdicts, models, metrics and dates, which
+    /// one serves, and the history of production moves.
+    Releases {
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// The releases of one product's models instead of all products'.
+        #[arg(long)]
+        stockcode: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move production to a release (recorded, with the reason).
+    Promote {
+        /// The release id (see `cargo xtask releases`).
+        id: String,
+        /// Why (recorded with the move).
+        #[arg(long)]
+        reason: String,
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// The pointer of one product's models instead of all products'.
+        #[arg(long)]
+        stockcode: Option<String>,
+    },
+    /// Move production back to the release that served before the current one.
+    Rollback {
+        /// Why (recorded with the move).
+        #[arg(long)]
+        reason: String,
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// The pointer of one product's models instead of all products'.
+        #[arg(long)]
+        stockcode: Option<String>,
+    },
+    /// Remove old releases: keeps the newest N, the production release and
+    /// its predecessor; removes incomplete ones left by killed runs.
+    Gc {
+        /// Newest releases to keep (besides production and its predecessor).
+        #[arg(long)]
+        keep: usize,
+        /// Artifact store: a directory or `s3://bucket/prefix`.
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// The releases of one product's models instead of all products'.
+        #[arg(long)]
+        stockcode: Option<String>,
+    },
+    /// Run the fault-injection suite (small synthetic data; also part of `cargo test`).
+    Faults {
+        /// Only the cases whose name contains this.
+        filter: Option<String>,
+    },
     /// Load the production model the way serving will, and say which one and why.
     LoadModel {
         /// Artifact store: a directory or `s3://bucket/prefix`.
@@ -286,7 +347,158 @@ fn run(command: Command) -> Result<()> {
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },
         Command::LoadModel { out, stockcode } => cmd_load_model(&out, stockcode.as_deref()),
+        Command::Releases {
+            out,
+            stockcode,
+            json,
+        } => cmd_releases(&out, stockcode.as_deref(), json),
+        Command::Promote {
+            id,
+            reason,
+            out,
+            stockcode,
+        } => {
+            let store = lineage::open_store(&out)?;
+            let p = pipeline::promote(store.as_ref(), stockcode.as_deref(), &id, &reason)?;
+            outln!(
+                "production now serves release {} (was {})",
+                p.release,
+                p.previous.as_deref().unwrap_or("nothing")
+            );
+            Ok(())
+        }
+        Command::Rollback {
+            reason,
+            out,
+            stockcode,
+        } => {
+            let store = lineage::open_store(&out)?;
+            let p = pipeline::rollback(store.as_ref(), stockcode.as_deref(), &reason)?;
+            outln!(
+                "production rolled back to release {} (from {})",
+                p.release,
+                p.previous.as_deref().unwrap_or("nothing")
+            );
+            Ok(())
+        }
+        Command::Gc {
+            keep,
+            out,
+            stockcode,
+        } => {
+            let store = lineage::open_store(&out)?;
+            let removed = pipeline::gc(store.as_ref(), stockcode.as_deref(), keep)?;
+            if removed.is_empty() {
+                outln!("nothing to remove");
+            }
+            for id in removed {
+                outln!("removed release {id}");
+            }
+            Ok(())
+        }
+        Command::Faults { filter } => cmd_faults(filter.as_deref()),
     }
+}
+
+fn cmd_releases(out: &str, stockcode: Option<&str>, as_json: bool) -> Result<()> {
+    let store = lineage::open_store(out)?;
+    let releases = lineage::Releases::new(store.as_ref(), stockcode);
+    let list = releases.list()?;
+    let production = releases.production()?;
+    let history = releases.history()?;
+    if as_json {
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "production": production,
+                "releases": list,
+                "history": history,
+            }))?
+        );
+        return Ok(());
+    }
+    if list.is_empty() {
+        bail!(
+            "no releases in {}: run `cargo xtask pipeline --out {out}` first",
+            store.location()
+        );
+    }
+    let serving = production.as_ref().map(|p| p.release.as_str());
+    let previous = production.as_ref().and_then(|p| p.previous.as_deref());
+    outln!(
+        "{:<18} {:<20} {:<8} {:<10} {:<12} {:<40} role",
+        "release",
+        "created (UTC)",
+        "source",
+        "verdict",
+        "model ver.",
+        "models (test RMSLE)"
+    );
+    for r in &list {
+        let models: Vec<String> = r.summary["models"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|e| {
+                        format!(
+                            "{} {:.3}",
+                            e["model"].as_str().unwrap_or("?"),
+                            e["test_rmsle"].as_f64().unwrap_or(f64::NAN)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let role = if Some(r.id.as_str()) == serving {
+            "PRODUCTION"
+        } else if Some(r.id.as_str()) == previous {
+            "previous"
+        } else {
+            ""
+        };
+        outln!(
+            "{:<18} {:<20} {:<8} {:<10} {:<12} {:<40} {role}",
+            r.id,
+            lineage::runlock::format_unix(r.created_at_unix).trim_end_matches(" UTC"),
+            r.source,
+            r.verdict.label(),
+            r.summary["model_version"].as_str().unwrap_or("-"),
+            models.join(", ")
+        );
+        for f in &r.verdict.failures {
+            outln!("{:<18}   gate: {f}", "");
+        }
+    }
+    if !history.is_empty() {
+        outln!("\nproduction history:");
+        for e in &history {
+            outln!(
+                "  {}  {} -> {}  by {}: {}",
+                lineage::runlock::format_unix(e.at_unix_ms / 1000),
+                e.from.as_deref().unwrap_or("(nothing)"),
+                e.to,
+                e.actor,
+                e.reason
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the fault-injection suite (`xtask/tests/faults.rs`) with cargo.
+fn cmd_faults(filter: Option<&str>) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["test", "--package", "xtask", "--test", "faults", "--"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    cmd.arg("--nocapture");
+    let status = cmd.status().context("running cargo test")?;
+    if !status.success() {
+        bail!("the fault-injection suite failed ({status})");
+    }
+    Ok(())
 }
 
 fn load_params(common_params: Option<&Path>, overrides: &[String]) -> Result<Params> {
@@ -344,6 +556,7 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
     config.until = until.map(str::parse::<Stage>).transpose()?;
     config.stockcode = common.stockcode.clone();
     config.progress = true;
+    config.command = "cargo xtask pipeline".into();
     let summary = pipeline::run(&config)?;
     outln!(
         "{:<22} {:<8} {:>10} {:>10} {:>10}",
@@ -379,6 +592,16 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
         summary.stages.iter().filter(|s| !s.ran).count(),
         store.location()
     );
+    if let Some(p) =
+        lineage::Releases::new(store.as_ref(), common.stockcode.as_deref()).production()?
+    {
+        outln!(
+            "production serves release {} ({} by {})",
+            p.release,
+            p.reason,
+            p.actor
+        );
+    }
     Ok(())
 }
 
@@ -390,6 +613,7 @@ fn cmd_retrain(common: &Common) -> Result<()> {
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.stockcode = common.stockcode.clone();
     config.progress = true;
+    config.command = "cargo xtask retrain".into();
     let report = pipeline::retrain(&config)?;
     for d in &report.decisions {
         outln!(
@@ -403,9 +627,15 @@ fn cmd_retrain(common: &Common) -> Result<()> {
         );
     }
     outln!(
-        "model version {} -> {}",
+        "model version {} -> {}; release {} {}",
         report.model_version.0,
-        report.model_version.1
+        report.model_version.1,
+        report.release.as_deref().unwrap_or("-"),
+        if report.promoted {
+            "promoted to production"
+        } else {
+            "not promoted"
+        }
     );
     Ok(())
 }
@@ -486,26 +716,41 @@ fn cmd_metrics(out: &str, as_json: bool) -> Result<()> {
 
 fn cmd_load_model(out: &str, stockcode: Option<&str>) -> Result<()> {
     let store = lineage::open_store(out)?;
-    let global = pipeline::ArtifactKeys::new(None).manifest;
-    let mut keys = Vec::new();
+    // A product's own production release first, then the all-products one.
+    let mut scopes = Vec::new();
     if let Some(code) = stockcode {
-        keys.push(pipeline::ArtifactKeys::new(Some(code)).manifest);
+        scopes.push(Some(code));
     }
-    keys.push(global);
-    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let loaded = models::load_from_store(store.as_ref(), &key_refs)?;
-    for s in &loaded.skipped {
-        outln!("skipped {} ({}): {}", s.kind.name(), s.manifest, s.reason);
+    scopes.push(None);
+    for scope in scopes {
+        let releases = lineage::Releases::new(store.as_ref(), scope);
+        let Some(pointer) = releases.production()? else {
+            outln!(
+                "no production release for {}",
+                scope.map_or("all products".to_string(), |c| format!("stock code {c}"))
+            );
+            continue;
+        };
+        let release = releases.open(&pointer);
+        let key = pipeline::ArtifactKeys::new(scope).manifest;
+        let loaded = models::load_from_store(&release, &[key.as_str()])?;
+        for s in &loaded.skipped {
+            outln!("skipped {}: {}", s.kind.name(), s.reason);
+        }
+        outln!(
+            "serving {} from release {} (model version {}): test RMSLE {:.4}, MAE {:.3}",
+            loaded.entry.kind.name(),
+            pointer.release,
+            loaded.manifest.model_version,
+            loaded.entry.test.rmsle,
+            loaded.entry.test.mae
+        );
+        return Ok(());
     }
-    outln!(
-        "serving {} from {} (model version {}): test RMSLE {:.4}, MAE {:.3}",
-        loaded.entry.kind.name(),
-        loaded.manifest_key,
-        loaded.manifest.model_version,
-        loaded.entry.test.rmsle,
-        loaded.entry.test.mae
-    );
-    Ok(())
+    bail!(
+        "nothing in production at {}: run `cargo xtask pipeline --out {out}`",
+        store.location()
+    )
 }
 
 fn sha256_file(path: &Path) -> Result<String> {

@@ -7,35 +7,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-/// A small model budget so a full pipeline takes seconds in a debug build;
-/// like `pipeline::smoke_params`, it overrides the promotion gate (a 3-epoch
-/// MLP fails the fairness check; tests/tests/gate.rs tests the gate itself).
-const FAST: [&str; 18] = [
-    "--set",
-    "gate.override=true",
-    "--set",
-    "tuning.tuner=\"grid\"",
-    "--set",
-    "tuning.grid_max_points=2",
-    "--set",
-    "tuning.grid_points_per_dim=2",
-    "--set",
-    "models.mlp_max_epochs=3",
-    "--set",
-    "models.tuning_mlp_epochs=2",
-    "--set",
-    "models.svr_rows=200",
-    "--set",
-    "models.tuning_rows=2000",
-    "--set",
-    "models.tuning_val_rows=1000",
-];
-
+/// Runs the CLI; `pipeline` and `status` get the smoke budget
+/// (`pipeline::SMOKE_SETTINGS`: a full pipeline takes seconds in a debug
+/// build, and the gate is overridden because a 3-epoch MLP fails the fairness
+/// check; tests/tests/gate.rs tests the gate itself).
 fn xtask(args: &[&str], cwd: &Path) -> Output {
     let fast = matches!(args.first(), Some(&"pipeline") | Some(&"status"));
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
-        .args(if fast { &FAST[..] } else { &[][..] })
+        .args(if fast {
+            testkit::fast_cli_args()
+        } else {
+            Vec::new()
+        })
         .current_dir(cwd)
         .env_remove("RUST_LOG")
         .output()
@@ -47,13 +31,16 @@ fn text(b: &[u8]) -> String {
 }
 
 fn synth(dir: &Path, invoices: usize) -> PathBuf {
-    let data = etl::synth::generate(&etl::synth::SynthConfig {
-        n_invoices: invoices,
-        ..Default::default()
-    });
-    let path = dir.join("raw.csv");
-    std::fs::write(&path, data.csv).unwrap();
-    path
+    testkit::write_synthetic(
+        dir,
+        "raw.csv",
+        &etl::synth::SynthConfig {
+            n_invoices: invoices,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .0
 }
 
 fn lock_outs(out: &Path) -> serde_json::Value {
@@ -102,6 +89,7 @@ fn pipeline_runs_then_skips_and_reports() {
     let stdout = text(&second.stdout);
     assert!(second.status.success());
     assert_eq!(stdout.matches("skipped").count(), 6, "{stdout}"); // 5 rows + the total line
+    assert!(stdout.contains("production serves release"), "{stdout}");
     let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
     assert!(
         text(&status.stdout).contains("pipeline is up to date"),
@@ -182,11 +170,12 @@ fn malformed_csv_exits_nonzero_naming_file_line_and_column_and_writes_nothing() 
         for n in needles {
             assert!(err.contains(n), "{name}: `{n}` not in {err}");
         }
-        assert!(
-            files_under(&out).is_empty(),
-            "{name}: wrote {:?}",
-            files_under(&out)
-        );
+        // Nothing but the store's run lock file (not an artifact).
+        let written: Vec<PathBuf> = files_under(&out)
+            .into_iter()
+            .filter(|f| !f.ends_with(".run.lock"))
+            .collect();
+        assert!(written.is_empty(), "{name}: wrote {written:?}");
     }
 }
 

@@ -20,6 +20,16 @@ pub struct EtlParams {
     pub product_code_pattern: String,
     /// Stock codes dropped even if they match the pattern (the original's list).
     pub excluded_stock_codes: Vec<String>,
+    /// Rows dated before this day (`YYYY-MM-DD`) are dropped as implausible.
+    pub min_date: String,
+    /// Rows dated on or after this day (`YYYY-MM-DD`) are dropped as implausible.
+    pub max_date: String,
+    /// Rows priced above this (a typo, or a fee booked as a product) are dropped.
+    pub max_unit_price: f64,
+    /// Rows with more units than this are dropped.
+    pub max_quantity: i64,
+    /// Largest (decompressed) export accepted, in bytes.
+    pub max_decompressed_bytes: u64,
 }
 
 impl Default for EtlParams {
@@ -30,7 +40,63 @@ impl Default for EtlParams {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            min_date: "1990-01-01".into(),
+            max_date: "2100-01-01".into(),
+            max_unit_price: 100_000.0,
+            max_quantity: 1_000_000,
+            max_decompressed_bytes: crate::read::DEFAULT_MAX_DECOMPRESSED_BYTES,
         }
+    }
+}
+
+impl EtlParams {
+    /// The plausible-date window as microseconds `[min, max)`.
+    fn date_window(&self) -> Result<(i64, i64)> {
+        let day = |name: &str, s: &str| -> Result<i64> {
+            chrono::NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
+                .map(|d| {
+                    d.and_time(chrono::NaiveTime::MIN)
+                        .and_utc()
+                        .timestamp_micros()
+                })
+                .map_err(|e| {
+                    EtlError::Params(format!("{name} {s:?} is not a YYYY-MM-DD date: {e}"))
+                })
+        };
+        let (lo, hi) = (
+            day("min_date", &self.min_date)?,
+            day("max_date", &self.max_date)?,
+        );
+        if lo >= hi {
+            return Err(EtlError::Params(format!(
+                "min_date {} is not before max_date {}",
+                self.min_date, self.max_date
+            )));
+        }
+        Ok((lo, hi))
+    }
+
+    /// Checks the bounds, so a typo fails before any data is read.
+    pub fn validate(&self) -> Result<()> {
+        self.date_window()?;
+        if !(self.max_unit_price.is_finite() && self.max_unit_price > 0.0) {
+            return Err(EtlError::Params(format!(
+                "max_unit_price must be a positive number, found {}",
+                self.max_unit_price
+            )));
+        }
+        if self.max_quantity <= 0 {
+            return Err(EtlError::Params(format!(
+                "max_quantity must be positive, found {}",
+                self.max_quantity
+            )));
+        }
+        if self.max_decompressed_bytes == 0 {
+            return Err(EtlError::Params(
+                "max_decompressed_bytes must be positive".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -46,6 +112,12 @@ pub enum DropReason {
     NonPositivePrice,
     /// Not a product: postage, fees, vouchers, manual lines.
     NonProductCode,
+    /// Dated outside `[min_date, max_date)`.
+    DateOutOfRange,
+    /// Priced above `max_unit_price`.
+    PriceOutOfRange,
+    /// More units than `max_quantity`.
+    QuantityOutOfRange,
 }
 
 impl DropReason {
@@ -56,8 +128,22 @@ impl DropReason {
             DropReason::NonPositiveQuantity => "non_positive_quantity",
             DropReason::NonPositivePrice => "non_positive_price",
             DropReason::NonProductCode => "non_product_code",
+            DropReason::DateOutOfRange => "date_out_of_range",
+            DropReason::PriceOutOfRange => "price_out_of_range",
+            DropReason::QuantityOutOfRange => "quantity_out_of_range",
         }
     }
+
+    /// Every reason, in the order rows are checked.
+    pub const ALL: [DropReason; 7] = [
+        DropReason::Cancellation,
+        DropReason::NonPositiveQuantity,
+        DropReason::NonPositivePrice,
+        DropReason::DateOutOfRange,
+        DropReason::QuantityOutOfRange,
+        DropReason::PriceOutOfRange,
+        DropReason::NonProductCode,
+    ];
 }
 
 /// What the etl stage saw and did; becomes its metrics.
@@ -266,6 +352,8 @@ fn required_str(raw: &RawTable, column: Column) -> Result<&StringChunked> {
 /// Validates every field, drops non-sales rows and returns the typed table
 /// with a report of what was dropped and why.
 pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlReport)> {
+    params.validate()?;
+    let (date_lo, date_hi) = params.date_window()?;
     let pattern = Regex::new(&params.product_code_pattern)
         .map_err(|e| EtlError::Params(format!("product_code_pattern: {e}")))?;
     let excluded: FxHashSet<&str> = params
@@ -368,6 +456,12 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             Some(DropReason::NonPositiveQuantity)
         } else if price <= 0.0 {
             Some(DropReason::NonPositivePrice)
+        } else if !(date_lo..date_hi).contains(&dates.values[row]) {
+            Some(DropReason::DateOutOfRange)
+        } else if qty > params.max_quantity {
+            Some(DropReason::QuantityOutOfRange)
+        } else if price > params.max_unit_price {
+            Some(DropReason::PriceOutOfRange)
         } else if !*is_product
             .entry(sc)
             .or_insert_with(|| !excluded.contains(sc) && pattern.is_match(sc))
@@ -391,12 +485,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         keep_country.push(country);
     }
 
-    for r in [
-        DropReason::Cancellation,
-        DropReason::NonPositiveQuantity,
-        DropReason::NonPositivePrice,
-        DropReason::NonProductCode,
-    ] {
+    for r in DropReason::ALL {
         report
             .dropped
             .insert(r.name().into(), dropped.get(&r).copied().unwrap_or(0));

@@ -23,7 +23,10 @@ mod transactions;
 pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
-pub use read::{Column, RawTable, read_raw_bytes, read_raw_file};
+pub use read::{
+    Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, read_raw_bytes, read_raw_file,
+    read_raw_file_limited,
+};
 pub use transactions::{SCHEMA, Transactions, TxView, read_parquet, write_parquet};
 
 /// Errors of the etl stage. Field errors carry the file, 1-based line and column.
@@ -44,6 +47,16 @@ pub enum EtlError {
         file: String,
         /// The parser's message.
         message: String,
+    },
+    /// The input is larger than the configured bound.
+    #[error(
+        "{file}: larger than {max_bytes} bytes once decompressed (etl.max_decompressed_bytes); refusing to load it"
+    )]
+    TooLarge {
+        /// The file.
+        file: String,
+        /// The bound.
+        max_bytes: u64,
     },
     /// The file has no data rows.
     #[error("{file}: no data rows")]

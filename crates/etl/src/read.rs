@@ -1,6 +1,6 @@
 //! Reading a raw export: decompression, CSV parsing, header normalisation.
 
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Seek};
 use std::path::Path;
 
 use polars::prelude::*;
@@ -162,30 +162,91 @@ impl RawTable {
     }
 }
 
-/// Reads a CSV or gzip-compressed CSV file (detected by content, not name).
+/// The default bound on a (decompressed) export: 4 GiB.
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 4 << 30;
+
+/// Reads a CSV or gzip-compressed CSV file (detected by content, not name),
+/// of at most [`DEFAULT_MAX_DECOMPRESSED_BYTES`] once decompressed.
 pub fn read_raw_file(path: &Path) -> Result<RawTable> {
-    let bytes = std::fs::read(path).map_err(|e| EtlError::Io {
-        path: path.display().to_string(),
+    read_raw_file_limited(path, DEFAULT_MAX_DECOMPRESSED_BYTES)
+}
+
+/// [`read_raw_file`] with a bound on the decompressed size: a larger input
+/// (a gzip bomb, or the wrong file) is an error before it is held in memory.
+pub fn read_raw_file_limited(path: &Path, max_bytes: u64) -> Result<RawTable> {
+    let file = path.display().to_string();
+    let io = |e| EtlError::Io {
+        path: file.clone(),
         source: e,
-    })?;
-    read_raw_bytes(&bytes, &path.display().to_string())
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 2];
+    let n = f.read(&mut magic).map_err(io)?;
+    let size = f.metadata().map_err(io)?.len();
+    let bytes = if magic[..n] == [0x1f, 0x8b] {
+        // gzip's trailer records the input size mod 2^32: a capacity hint
+        // that avoids growing (and copying) the buffer.
+        let mut trailer = [0u8; 4];
+        let hint = match f
+            .seek(std::io::SeekFrom::End(-4))
+            .and_then(|_| f.read_exact(&mut trailer))
+        {
+            Ok(()) => u64::from(u32::from_le_bytes(trailer)).max(size),
+            Err(_) => size.saturating_mul(4),
+        };
+        f.rewind().map_err(io)?;
+        decompress(std::io::BufReader::new(f), hint, max_bytes, &file)?
+    } else {
+        if size > max_bytes {
+            return Err(too_large(&file, max_bytes));
+        }
+        std::fs::read(path).map_err(io)?
+    };
+    parse_csv(bytes, &file)
+}
+
+fn too_large(file: &str, max_bytes: u64) -> EtlError {
+    EtlError::TooLarge {
+        file: file.to_string(),
+        max_bytes,
+    }
+}
+
+/// Decompresses at most `max_bytes` of gzip input; `hint` is the expected
+/// decompressed size.
+fn decompress(input: impl Read, hint: u64, max_bytes: u64, file: &str) -> Result<Vec<u8>> {
+    let hint = usize::try_from(hint.min(max_bytes).saturating_add(1)).unwrap_or(0);
+    let mut out = Vec::with_capacity(hint);
+    flate2::read::MultiGzDecoder::new(input)
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| EtlError::Csv {
+            file: file.to_string(),
+            message: format!("gzip: {e}"),
+        })?;
+    if out.len() as u64 > max_bytes {
+        return Err(too_large(file, max_bytes));
+    }
+    Ok(out)
 }
 
 /// Parses CSV bytes (gzip is detected by its magic number). `file` names the
 /// source in error messages.
 pub fn read_raw_bytes(bytes: &[u8], file: &str) -> Result<RawTable> {
     let bytes = if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(bytes.len() * 7);
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| EtlError::Csv {
-                file: file.to_string(),
-                message: format!("gzip: {e}"),
-            })?;
-        out
+        decompress(
+            bytes,
+            (bytes.len() as u64).saturating_mul(4),
+            DEFAULT_MAX_DECOMPRESSED_BYTES,
+            file,
+        )?
     } else {
         bytes.to_vec()
     };
+    parse_csv(bytes, file)
+}
+
+fn parse_csv(bytes: Vec<u8>, file: &str) -> Result<RawTable> {
     let bytes = Arc::new(bytes);
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(EtlError::Empty {

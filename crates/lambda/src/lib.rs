@@ -3,8 +3,9 @@
 //!
 //! At cold start, [`app_from_env`] reads the configuration from the
 //! function's environment (`PRICE_ARTIFACTS`, `REDIS_URL`, `CACHE_TTL_SECS`,
-//! `CACHE_PREFIX`, `CORS_ORIGINS`); artifacts on S3 are copied once to
-//! `/tmp` ([`stage_artifacts`]) and served from there. [`lambda_router`] adds
+//! `CACHE_PREFIX`, `CORS_ORIGINS`, `RELOAD_INTERVAL_SECS`); the release the
+//! production pointer names on S3 is copied once to `/tmp/release-<id>`
+//! ([`stage_release`]) and served from there. [`lambda_router`] adds
 //! one adaptation: API Gateway REST events carry the stage in the request
 //! path (`/prod/v1/...`); the router routes on the event's own path instead,
 //! so it answers the same with or without
@@ -18,9 +19,11 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use lambda_http::RequestExt;
-use lineage::{ArtifactStore, LocalStore};
+use std::sync::Arc;
+
+use lineage::{ArtifactStore, LocalStore, Pointer, Releases};
 use recommend::Recommender;
-use serve::{App, CacheConfig, ServeConfig};
+use serve::{App, CacheConfig, ReleaseSource, ServeConfig};
 
 /// Errors of the Lambda entry point.
 #[derive(Debug, thiserror::Error)]
@@ -68,42 +71,104 @@ pub fn config_from_env() -> Result<ServeConfig, LambdaError> {
             .filter(|s| !s.is_empty())
             .collect();
     }
+    if let Some(secs) = var("RELOAD_INTERVAL_SECS") {
+        let secs = secs
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .ok_or_else(|| {
+                LambdaError::Config(format!(
+                    "RELOAD_INTERVAL_SECS `{secs}` is not a positive number"
+                ))
+            })?;
+        config.reload_interval = Duration::from_secs_f64(secs);
+    }
+    config.validate()?;
     Ok(config)
 }
 
-/// Copies the production artifacts of `remote` (S3, say) into a directory
-/// under `local_root` named by the manifest's content hash, once: a later cold
-/// start in the same sandbox, or a second call, finds the copy complete and
-/// reads nothing but the manifest. Returns the local directory.
-pub fn stage_artifacts(
+/// Copies the release `pointer` names from `remote` (S3, say) into
+/// `local_root/release-<id>/`, once: a local store holding that release and
+/// the pointer, checked file by file against the pointer's hashes. A later
+/// cold start in the same sandbox, or a reload to the same release, finds the
+/// copy complete. Staging directories of other releases are removed (`/tmp`
+/// is small). Returns the local directory.
+pub fn stage_release(
     remote: &dyn ArtifactStore,
+    pointer: &Pointer,
     local_root: &Path,
-) -> Result<PathBuf, LambdaError> {
-    let manifest = remote.get(&lineage::ArtifactKeys::new(None).manifest)?;
-    let hash = lineage::content_hash(&manifest);
-    let dir = local_root.join(format!("artifacts-{}", &hash[..16.min(hash.len())]));
+) -> lineage::Result<PathBuf> {
+    let dir = local_root.join(format!("release-{}", pointer.release));
     let marker = dir.join(".complete");
-    if marker.exists() {
-        return Ok(dir);
+    if !marker.exists() {
+        let local = LocalStore::new(&dir)?;
+        let release = Releases::new(remote, None).open(pointer);
+        for key in pointer.files.keys() {
+            local.put(&Releases::key_in(&pointer.release, key), &release.get(key)?)?;
+        }
+        let bytes = serde_json::to_vec_pretty(pointer).map_err(|e| {
+            lineage::LineageError::Config(format!("cannot serialise the pointer: {e}"))
+        })?;
+        local.put(&Releases::new(&local, None).pointer_key(), &bytes)?;
+        lineage::write_atomic(&marker, b"")?;
     }
-    let local = LocalStore::new(&dir)?;
-    for key in Recommender::artifact_keys(remote)? {
-        local.put(&key, &remote.get(&key)?)?;
+    if let Ok(entries) = std::fs::read_dir(local_root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("release-") && entry.path() != dir {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => {
+                        tracing::info!(dir = %name, "removed an older release's staging directory")
+                    }
+                    Err(e) => {
+                        tracing::warn!(dir = %name, error = %e, "could not remove an older staging directory")
+                    }
+                }
+            }
+        }
     }
-    lineage::write_atomic(&marker, b"")?;
     Ok(dir)
 }
 
-/// Loads the service for this function: S3 artifacts are first staged to
-/// `/tmp` (or `$TMPDIR`).
+/// Releases read from a remote store and staged to local disk before loading.
+pub struct StagedSource {
+    remote: Box<dyn ArtifactStore>,
+    local_root: PathBuf,
+}
+
+impl StagedSource {
+    /// Stages releases of `remote` under `local_root`.
+    pub fn new(remote: Box<dyn ArtifactStore>, local_root: PathBuf) -> Self {
+        Self { remote, local_root }
+    }
+}
+
+impl ReleaseSource for StagedSource {
+    fn location(&self) -> String {
+        self.remote.location()
+    }
+    fn pointer(&self) -> lineage::Result<Option<Pointer>> {
+        Releases::new(self.remote.as_ref(), None).production()
+    }
+    fn load(&self, pointer: &Pointer) -> Result<Recommender, recommend::RecommendError> {
+        let dir = stage_release(self.remote.as_ref(), pointer, &self.local_root)?;
+        Recommender::load_release(&LocalStore::new(dir)?, pointer)
+    }
+}
+
+/// Loads the service for this function: releases on S3 are staged to `/tmp`
+/// (or `$TMPDIR`) first. The service follows the production pointer like the
+/// local server (checked every `RELOAD_INTERVAL_SECS`, 30 by default, while
+/// the function runs).
 pub fn app_from_env() -> Result<App, LambdaError> {
-    let mut config = config_from_env()?;
+    let config = config_from_env()?;
     if config.artifacts.starts_with("s3://") {
         let remote = lineage::open_store(&config.artifacts)?;
-        let dir = stage_artifacts(remote.as_ref(), &std::env::temp_dir())?;
-        config.artifacts = dir.to_string_lossy().into_owned();
+        let source = StagedSource::new(remote, std::env::temp_dir());
+        Ok(App::from_source(&config, Arc::new(source))?)
+    } else {
+        Ok(App::load(&config)?)
     }
-    Ok(App::load(&config)?)
 }
 
 /// The service's router, routing on each event's own path (see the crate docs).

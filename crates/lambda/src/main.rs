@@ -16,5 +16,6 @@ async fn main() -> Result<(), lambda_http::Error> {
     let app = tokio::task::spawn_blocking(lambda::app_from_env)
         .await?
         .context("loading the price-recommendation service")?;
+    app.spawn_reloader(Default::default());
     lambda_http::run(lambda::lambda_router(&app)).await
 }

@@ -92,33 +92,12 @@ fn http_event(path: &str, query: &str) -> String {
     e.to_string()
 }
 
-struct Child(std::process::Child);
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_lambda_binary_answers_api_gateway_events_like_the_server() {
     // Production artifacts from a smoke pipeline run on synthetic data.
-    let tmp = tempfile::tempdir().unwrap();
-    let data = etl::synth::generate(&etl::synth::SynthConfig {
-        n_invoices: 600,
-        ..Default::default()
-    });
-    let raw = tmp.path().join("raw.csv");
-    std::fs::write(&raw, &data.csv).unwrap();
-    let artifacts = tmp.path().join("run");
-    let store = lineage::LocalStore::new(&artifacts).unwrap();
-    pipeline::run(&pipeline::PipelineConfig::new(
-        raw,
-        &store,
-        pipeline::smoke_params(),
-    ))
-    .unwrap();
-    let code = data.products[0].stock_code.clone();
+    let scenario = testkit::Scenario::new(600);
+    let artifacts = scenario.promoted("run").root().to_path_buf();
+    let code = scenario.data.products[0].stock_code.clone();
 
     let rt = Arc::new(Runtime::default());
     rt.events.lock().unwrap().extend([
@@ -151,7 +130,7 @@ async fn the_lambda_binary_answers_api_gateway_events_like_the_server() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, api).await.unwrap() });
 
-    let _child = Child(
+    let _child = testkit::Kill(
         std::process::Command::new(env!("CARGO_BIN_EXE_price-lambda"))
             .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
             .env("AWS_LAMBDA_FUNCTION_NAME", "price")

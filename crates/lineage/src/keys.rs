@@ -1,7 +1,9 @@
 //! The layout of the artifact store: where each stage's typed outputs live.
 //!
-//! The pipeline writes these keys and serving reads them; both name them
-//! through [`ArtifactKeys`] so the layout is defined once.
+//! The pipeline writes these keys into its working area; the gate copies the
+//! ones serving needs into a release (`releases/<id>/`, same layout), and
+//! serving reads them from the release production points at. All of them name
+//! keys through [`ArtifactKeys`] so the layout is defined once.
 
 /// The artifact keys of one pipeline instance (all products, or one stock code).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,8 +34,11 @@ pub struct ArtifactKeys {
     pub models_dir: String,
     /// The manifest the models stage wrote, awaiting the promotion gate.
     pub candidate: String,
-    /// The production manifest (written by the gate when it passes).
+    /// The model manifest inside a release (the models that serve, in
+    /// failover order); the working area has only the candidate.
     pub manifest: String,
+    /// The gate's decision: which release it wrote and whether it promoted it.
+    pub gate_decision: String,
     /// The gate's JSON report.
     pub gate_report: String,
     /// The gate's HTML report.
@@ -62,6 +67,7 @@ impl ArtifactKeys {
             models_dir: format!("models{scope}"),
             candidate: f("models", "candidate.json"),
             manifest: f("models", "manifest.json"),
+            gate_decision: f("gate", "decision.json"),
             gate_report: f("gate", "report.json"),
             gate_html: f("gate", "report.html"),
         }

@@ -18,6 +18,8 @@
 mod keys;
 mod lock;
 mod params;
+pub mod release;
+pub mod runlock;
 mod runner;
 mod store;
 
@@ -26,9 +28,13 @@ use std::path::Path;
 pub use keys::ArtifactKeys;
 pub use lock::{LOCK_KEY, LockFile, StageLock};
 pub use params::Params;
-pub use runner::{Dep, Reason, Runner, StageDef, StageOutcome, StageReport, StageWriter};
+pub use release::{Pointer, PromotionEvent, ReleaseInfo, ReleaseStore, Releases, Verdict};
+pub use runlock::{DEFAULT_LEASE, LockHolder, RunLock};
+pub use runner::{
+    DeclaredInputs, Dep, Reason, Runner, StageDef, StageOutcome, StageReport, StageWriter,
+};
 pub use store::{
-    ArtifactStore, LocalStore, S3Config, S3Store, open_store, validate_key, write_atomic,
+    ArtifactStore, LEASE_KEY, LocalStore, S3Config, S3Store, open_store, validate_key, write_atomic,
 };
 
 /// Errors of the lineage crate.
@@ -76,6 +82,34 @@ pub enum LineageError {
         /// The stage.
         stage: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// Another run holds the store's run lock.
+    #[error(
+        "{location} is in use: {holder} has held its run lock since {since} (one pipeline, retrain, promote, rollback or gc at a time; wait for it to finish)"
+    )]
+    Locked {
+        /// The store.
+        location: String,
+        /// Who holds the lock.
+        holder: String,
+        /// Since when.
+        since: String,
+    },
+    /// A release is missing, incomplete, or cannot be used as asked.
+    #[error("release {release}: {reason}")]
+    Release {
+        /// The release id (or pointer key).
+        release: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An artifact does not match the hash recorded for it.
+    #[error("`{key}`: {reason}")]
+    Integrity {
+        /// The store key.
+        key: String,
+        /// What is wrong.
         reason: String,
     },
     /// The stage's own code failed.

@@ -144,10 +144,29 @@ pub struct StageWriter<'a> {
     written: BTreeMap<String, String>,
 }
 
-impl StageWriter<'_> {
-    /// Reads an artifact (normally one of the stage's deps).
+impl<'a> StageWriter<'a> {
+    /// Reads one of the stage's declared artifact deps; any other key is a
+    /// contract error (so a stage cannot depend on what the lock does not
+    /// record).
     pub fn get(&self, key: &str) -> Result<Vec<u8>> {
-        self.store.get(key)
+        self.inputs().get(key)
+    }
+
+    /// A read-only store of the stage's declared artifact deps, for code that
+    /// reads through an [`ArtifactStore`] (a model loader, say).
+    pub fn inputs(&self) -> DeclaredInputs<'a> {
+        DeclaredInputs {
+            store: self.store,
+            def: self.def,
+        }
+    }
+
+    /// The releases of `scope` in this store. Writing a release (content-
+    /// addressed, immutable) and moving the production pointer are the only
+    /// writes a stage makes outside its declared outputs; they go through
+    /// [`crate::Releases`] and nowhere else.
+    pub fn releases(&self, scope: Option<&str>) -> crate::Releases<'a> {
+        crate::Releases::new(self.store, scope)
     }
 
     /// Writes one of the stage's declared outputs, atomically.
@@ -179,6 +198,68 @@ impl StageWriter<'_> {
                 reason: format!("wrote `{key}`, which is not a declared output"),
             })
         }
+    }
+}
+
+/// The declared artifact deps of a running stage, as a read-only store.
+pub struct DeclaredInputs<'a> {
+    store: &'a dyn ArtifactStore,
+    def: &'a StageDef,
+}
+
+impl DeclaredInputs<'_> {
+    fn check(&self, key: &str) -> Result<()> {
+        if self
+            .def
+            .deps
+            .iter()
+            .any(|d| matches!(d, Dep::Artifact(k) if k == key))
+        {
+            Ok(())
+        } else {
+            Err(LineageError::Contract {
+                stage: self.def.name.clone(),
+                reason: format!("read `{key}`, which is not a declared dependency"),
+            })
+        }
+    }
+
+    fn read_only(&self, key: &str) -> LineageError {
+        LineageError::Contract {
+            stage: self.def.name.clone(),
+            reason: format!("tried to change its input `{key}`"),
+        }
+    }
+}
+
+impl ArtifactStore for DeclaredInputs<'_> {
+    fn location(&self) -> String {
+        self.store.location()
+    }
+    fn put(&self, key: &str, _bytes: &[u8]) -> Result<String> {
+        Err(self.read_only(key))
+    }
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        self.check(key)?;
+        self.store.get(key)
+    }
+    fn hash(&self, key: &str) -> Result<Option<String>> {
+        self.check(key)?;
+        self.store.hash(key)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .def
+            .deps
+            .iter()
+            .filter_map(|d| match d {
+                Dep::Artifact(k) if k.starts_with(prefix) => Some(k.clone()),
+                _ => None,
+            })
+            .collect())
+    }
+    fn delete(&self, key: &str) -> Result<()> {
+        Err(self.read_only(key))
     }
 }
 

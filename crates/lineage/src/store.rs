@@ -4,6 +4,10 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runlock::{LocalLock, LockHolder, Release, RunLock, now_unix};
 use crate::{LineageError, Result, content_hash};
 
 /// Where pipeline artifacts live. Keys are relative, `/`-separated paths
@@ -28,6 +32,18 @@ pub trait ArtifactStore: Send + Sync {
     /// Whether an object exists under `key`.
     fn exists(&self, key: &str) -> Result<bool> {
         Ok(self.hash(key)?.is_some())
+    }
+    /// Takes the store's run lock for `command` (see [`crate::runlock`]):
+    /// fails at once with [`LineageError::Locked`] when another run holds
+    /// it. `lease` is the lifetime of an S3 lease between renewals' deadlines;
+    /// a local lock lives as long as its holder. Stores that cannot be
+    /// written (a release view) refuse.
+    fn lock(&self, command: &str, lease: Duration) -> Result<RunLock> {
+        let _ = (command, lease);
+        Err(LineageError::Config(format!(
+            "{} cannot be locked (read-only)",
+            self.location()
+        )))
     }
 }
 
@@ -223,9 +239,10 @@ impl ArtifactStore for LocalStore {
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for path in walk_files(&self.root)? {
+            // Temporary files of writers and the run lock are not artifacts.
             if path
                 .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
             {
                 continue;
             }
@@ -247,10 +264,74 @@ impl ArtifactStore for LocalStore {
     fn delete(&self, key: &str) -> Result<()> {
         let path = self.path_of(key)?;
         match fs::remove_file(&path) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Empty directories left behind (a removed release) go too.
+                let mut dir = path.parent();
+                while let Some(d) = dir.filter(|d| *d != self.root.as_path()) {
+                    if fs::remove_dir(d).is_err() {
+                        break;
+                    }
+                    dir = d.parent();
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(LineageError::io(&path, e)),
         }
+    }
+
+    fn lock(&self, command: &str, _lease: Duration) -> Result<RunLock> {
+        use std::io::{Read, Seek};
+        let path = self.root.join(LOCAL_LOCK_FILE);
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| LineageError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                let holder = LockHolder::current(command);
+                let body = serde_json::to_vec(&holder).unwrap_or_default();
+                file.set_len(0)
+                    .and_then(|()| file.rewind())
+                    .and_then(|()| file.write_all(&body))
+                    .and_then(|()| file.sync_data())
+                    .map_err(|e| LineageError::io(&path, e))?;
+                Ok(RunLock::new(holder, Box::new(LocalLock(file))))
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                Err(locked_error(
+                    self.location(),
+                    serde_json::from_str(&text).ok(),
+                ))
+            }
+            Err(fs::TryLockError::Error(e)) => Err(LineageError::io(&path, e)),
+        }
+    }
+}
+
+/// The file a local store's run lock lives in (hidden from [`ArtifactStore::list`]).
+const LOCAL_LOCK_FILE: &str = ".run.lock";
+
+/// Key of the S3 run lease.
+pub const LEASE_KEY: &str = "locks/run.json";
+
+fn locked_error(location: String, holder: Option<LockHolder>) -> LineageError {
+    match holder {
+        Some(h) => LineageError::Locked {
+            location,
+            holder: h.describe(),
+            since: crate::runlock::format_unix(h.since_unix),
+        },
+        None => LineageError::Locked {
+            location,
+            holder: "another process (it has not said who yet)".into(),
+            since: "just now".into(),
+        },
     }
 }
 
@@ -304,10 +385,48 @@ const HASH_METADATA: &str = "blake3";
 
 /// A store in an S3 bucket under a prefix. Each object carries its BLAKE3
 /// content hash as user metadata, so staleness checks need a HEAD, not a GET.
+///
+/// The store is blocking. It runs the SDK on a small runtime of its own, and
+/// is safe to call (and to drop) from inside another tokio runtime: calls made
+/// there run on a helper thread instead of blocking the caller's runtime.
+#[derive(Clone)]
 pub struct S3Store {
     client: aws_sdk_s3::Client,
     config: S3Config,
-    runtime: tokio::runtime::Runtime,
+    runtime: Arc<OwnedRuntime>,
+}
+
+/// A runtime that shuts down in the background when dropped, so dropping it
+/// inside an async context does not panic.
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl OwnedRuntime {
+    fn block_on<F>(&self, future: F) -> F::Output
+    where
+        F: std::future::Future + Send,
+        F::Output: Send,
+    {
+        let Some(rt) = self.0.as_ref() else {
+            unreachable!("the runtime is only taken when dropped")
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking inside a runtime panics: run on a helper thread.
+            std::thread::scope(|s| match s.spawn(|| rt.block_on(future)).join() {
+                Ok(v) => v,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+        } else {
+            rt.block_on(future)
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Store {
@@ -318,14 +437,24 @@ impl std::fmt::Debug for S3Store {
     }
 }
 
+/// The outcome of a conditional put.
+enum Conditional {
+    /// Written; the new ETag.
+    Written(String),
+    /// The condition did not hold (HTTP 412 or 409).
+    Failed,
+}
+
 impl S3Store {
-    /// Builds the client (no network traffic until the first call).
+    /// Builds the client (no network traffic until the first call). Safe to
+    /// call from inside an async context.
     pub fn connect(config: S3Config) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .map_err(|e| LineageError::S3(format!("cannot start the S3 runtime: {e}")))?;
+        let runtime = Arc::new(OwnedRuntime(Some(runtime)));
         let client = runtime.block_on(async {
             let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
             let region = config.region.clone();
@@ -372,6 +501,131 @@ impl S3Store {
             self.config.bucket,
             self.object_key(key).unwrap_or_default()
         ))
+    }
+
+    /// Puts `bytes` only if no object exists (`None`) or only if the object's
+    /// ETag is `etag` (`Some`).
+    fn put_conditional(&self, key: &str, bytes: &[u8], etag: Option<&str>) -> Result<Conditional> {
+        let object_key = self.object_key(key)?;
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(&object_key)
+            .metadata(HASH_METADATA, content_hash(bytes))
+            .body(aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec()));
+        req = match etag {
+            None => req.if_none_match("*"),
+            Some(tag) => req.if_match(tag),
+        };
+        match self.runtime.block_on(req.send()) {
+            Ok(out) => Ok(Conditional::Written(
+                out.e_tag().unwrap_or_default().to_string(),
+            )),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(412 | 409)) {
+                    Ok(Conditional::Failed)
+                } else {
+                    Err(self.s3_err("conditional put", key, display_sdk_error(&e)))
+                }
+            }
+        }
+    }
+
+    /// The object and its ETag, or `None` when absent.
+    fn get_with_etag(&self, key: &str) -> Result<Option<(Vec<u8>, String)>> {
+        let object_key = self.object_key(key)?;
+        self.runtime.block_on(async {
+            let out = self
+                .client
+                .get_object()
+                .bucket(&self.config.bucket)
+                .key(&object_key)
+                .send()
+                .await;
+            match out {
+                Ok(o) => {
+                    let etag = o.e_tag().unwrap_or_default().to_string();
+                    let data = o
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| self.s3_err("get", key, e))?;
+                    Ok(Some((data.into_bytes().to_vec(), etag)))
+                }
+                Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+                Err(e) => Err(self.s3_err("get", key, display_sdk_error(&e))),
+            }
+        })
+    }
+
+    /// Takes the lease, or takes over an expired one.
+    fn acquire_lease(&self, holder: &LockHolder, lease: Duration) -> Result<String> {
+        for _ in 0..5 {
+            let mut mine = holder.clone();
+            mine.expires_at_unix = Some(now_unix() + lease.as_secs().max(1));
+            let body = serde_json::to_vec(&mine).unwrap_or_default();
+            if let Conditional::Written(etag) = self.put_conditional(LEASE_KEY, &body, None)? {
+                return Ok(etag);
+            }
+            let Some((bytes, etag)) = self.get_with_etag(LEASE_KEY)? else {
+                continue; // released in between: try again
+            };
+            let existing: Option<LockHolder> = serde_json::from_slice(&bytes).ok();
+            let expired = existing
+                .as_ref()
+                .is_none_or(|h| h.expires_at_unix.is_none_or(|t| t <= now_unix()));
+            if !expired {
+                return Err(locked_error(self.location(), existing));
+            }
+            if let Conditional::Written(new_etag) =
+                self.put_conditional(LEASE_KEY, &body, Some(&etag))?
+            {
+                tracing::warn!(
+                    previous = %existing.map_or_else(|| "an unreadable lease".into(), |h| h.describe()),
+                    "took over an expired run lease"
+                );
+                return Ok(new_etag);
+            }
+        }
+        Err(LineageError::S3(format!(
+            "could not take the run lease at {}/{LEASE_KEY}: it changed hands repeatedly",
+            self.location()
+        )))
+    }
+}
+
+/// A held S3 lease: a thread renews it; dropping it stops the thread and
+/// deletes the lease if it is still this holder's.
+struct S3Lease {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+    store: S3Store,
+    token: String,
+}
+
+impl Release for S3Lease {}
+
+impl Drop for S3Lease {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.renewer.take() {
+            let _ = t.join();
+        }
+        match self.store.get_with_etag(LEASE_KEY) {
+            Ok(Some((bytes, _))) => {
+                let ours = serde_json::from_slice::<LockHolder>(&bytes)
+                    .is_ok_and(|h| h.token == self.token);
+                if ours && let Err(e) = self.store.delete(LEASE_KEY) {
+                    tracing::warn!(error = %e, "could not release the run lease; it expires on its own");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not release the run lease; it expires on its own")
+            }
+        }
     }
 }
 
@@ -515,5 +769,38 @@ impl ArtifactStore for S3Store {
             )
             .map_err(|e| self.s3_err("delete", key, display_sdk_error(&e)))?;
         Ok(())
+    }
+
+    fn lock(&self, command: &str, lease: Duration) -> Result<RunLock> {
+        let holder = LockHolder::current(command);
+        let mut etag = self.acquire_lease(&holder, lease)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let store = self.clone();
+        let renewing = holder.clone();
+        let every = (lease / 3).max(Duration::from_millis(100));
+        let renewer = std::thread::spawn(move || {
+            // Renew until told to stop (the sender is dropped).
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
+            {
+                let mut body = renewing.clone();
+                body.expires_at_unix = Some(now_unix() + lease.as_secs().max(1));
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                match store.put_conditional(LEASE_KEY, &bytes, Some(&etag)) {
+                    Ok(Conditional::Written(new)) => etag = new,
+                    Ok(Conditional::Failed) => {
+                        tracing::error!("lost the run lease: another run took it over");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not renew the run lease; retrying"),
+                }
+            }
+        });
+        let guard = S3Lease {
+            stop: Some(stop),
+            renewer: Some(renewer),
+            store: self.clone(),
+            token: holder.token.clone(),
+        };
+        Ok(RunLock::new(holder, Box::new(guard)))
     }
 }

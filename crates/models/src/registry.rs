@@ -42,6 +42,10 @@ pub struct Manifest {
     pub baseline: Option<ManifestEntry>,
     /// A few preprocessed validation rows: the loader's probe input.
     pub probe: Vec<Vec<f64>>,
+    /// What produced these models: `models` (tuned from scratch) or
+    /// `retrain` (refit with production's hyper-parameters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Manifest {

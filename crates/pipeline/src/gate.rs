@@ -1,11 +1,17 @@
 //! The promotion gate: drift of the latest (test) window against the training
-//! window, fairness and attributions of the candidate model; the production
-//! manifest is written only when the gate passes (or is overridden).
+//! window, fairness and attributions of the candidate models. Every gate run
+//! writes a release (the serving artifacts, the verdict and the report,
+//! immutable); production moves to it only when the gate passes, or when an
+//! explicit override (`gate.override = true`, recorded in the lock) says so.
 
 use drift::{Column, DriftParams, FairnessParams, GateReport};
 use features::{FeatureTable, TrainWindow};
-use lineage::{LineageError, Params};
+use indicatif::ProgressBar;
+use lineage::{ArtifactKeys, LineageError, Params, StageReport, StageWriter, Verdict};
 use models::{DesignMatrix, Manifest};
+use serde::{Deserialize, Serialize};
+
+use crate::stages::StageResult;
 use rand::SeedableRng;
 use rand::seq::index::sample;
 
@@ -244,5 +250,172 @@ pub fn promoted_manifest(
         model_version: Manifest::version_of(&models)?,
         models,
         ..candidate.clone()
+    })
+}
+
+/// What the gate decided (`gate/decision.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    /// The release it wrote.
+    pub release: String,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// Whether production now points at it.
+    pub promoted: bool,
+    /// The models the release serves, in failover order.
+    pub models: Vec<String>,
+}
+
+/// The gate stage: evaluate the candidate, write the report and a release,
+/// and promote the release only when the gate passes (or is overridden).
+/// A blocked release is kept (and listed), so a person can still promote it
+/// with a reason; production stays where it was.
+pub(crate) fn gate_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    gp: &GateParams,
+    seed: u64,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message("gate: reading features and the candidate");
+    let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
+    let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
+    let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
+    let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+    let candidate = Manifest::from_json(&w.get(&k.candidate)?)?;
+    let inputs_store = w.inputs();
+    let (loaded, skipped) =
+        models::FailoverLoader::new(&inputs_store).load_all(&k.candidate, &candidate);
+    let unloadable: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("{}: {}", s.kind.name(), s.reason))
+        .collect();
+    if loaded.is_empty() {
+        return Err(format!("no candidate model loads: {}", unloadable.join("; ")).into());
+    }
+    bar.set_message("gate: drift, fairness and attributions");
+    let inputs = GateInputs {
+        table: &table,
+        window: &window,
+        candidate: &candidate,
+        models: &loaded,
+        train: &train,
+        test: &test,
+    };
+    let title = format!(
+        "Promotion gate: candidate models version {} — training window vs test window",
+        candidate.model_version
+    );
+    let mut report = evaluate(&title, &inputs, gp, seed)?;
+    report.overridden = !report.passed && gp.override_gate;
+    let report_json = report.to_json()?;
+    let report_html = drift::render_html(&report)?;
+    w.put(&k.gate_report, &report_json)?;
+    w.put(&k.gate_html, report_html.as_bytes())?;
+
+    // What the release serves: the models that passed, in priority order; the
+    // whole candidate when an override promotes it, or when none passed (the
+    // release is then blocked, and serves only if a person promotes it).
+    let served: Vec<String> = if gp.override_gate || report.promoted_models.is_empty() {
+        candidate
+            .models
+            .iter()
+            .map(|e| e.kind.name().to_string())
+            .collect()
+    } else {
+        report.promoted_models.clone()
+    };
+    let manifest = promoted_manifest(&candidate, &served)?;
+    let verdict = Verdict {
+        passed: report.passed,
+        overridden: report.overridden,
+        failures: report.failures.clone(),
+    };
+
+    bar.set_message("gate: writing the release");
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for key in [&k.summary, &k.contexts, &k.preprocessor, &k.feature_names] {
+        files.push((key.clone(), w.get(key)?));
+    }
+    for entry in &manifest.models {
+        for key in entry.files.values() {
+            files.push((key.clone(), w.get(key)?));
+        }
+    }
+    files.push((k.manifest.clone(), manifest.to_json()?));
+    files.push((k.gate_report.clone(), report_json));
+    files.push((k.gate_html.clone(), report_html.into_bytes()));
+    let summary = serde_json::json!({
+        "model_version": manifest.model_version,
+        "models": manifest.models.iter().map(|e| serde_json::json!({
+            "model": e.kind.name(),
+            "test_rmsle": e.test.rmsle,
+            "test_mae": e.test.mae,
+        })).collect::<Vec<_>>(),
+        "held_back": report.held_back,
+        "drifted_columns": report.drift.drifted_columns(),
+    });
+    let source = candidate.source.as_deref().unwrap_or("models");
+    let releases = w.releases(k.stockcode.as_deref());
+    let release = releases.create(&files, source, verdict.clone(), summary)?;
+
+    let promote = verdict.promotable();
+    let decision = GateDecision {
+        release: release.id.clone(),
+        verdict: verdict.clone(),
+        promoted: promote,
+        models: served.clone(),
+    };
+    w.put(&k.gate_decision, &serde_json::to_vec_pretty(&decision)?)?;
+    if !promote {
+        let current = releases.production()?.map_or_else(
+            || "nothing".to_string(),
+            |p| format!("release {}", p.release),
+        );
+        return Err(format!(
+            "promotion gate failed: {}. Release {} is recorded as blocked; production still serves {current} (report: {}, {}; to promote anyway: --set gate.override=true, or `cargo xtask promote {} --reason ...`)",
+            report.failures.join("; "),
+            release.id,
+            k.gate_report,
+            k.gate_html,
+            release.id,
+        )
+        .into());
+    }
+    let reason = if report.passed {
+        "the promotion gate passed".to_string()
+    } else {
+        tracing::warn!(failures = ?report.failures, "promotion gate failed; promoted because gate.override = true");
+        format!(
+            "gate.override = true (the gate failed: {})",
+            report.failures.join("; ")
+        )
+    };
+    let pointer = releases.promote(&release.id, "gate", &reason)?;
+    let metrics = serde_json::json!({
+        "release": release.id,
+        "production_release": pointer.release,
+        "passed": report.passed,
+        "override": gp.override_gate,
+        "promoted_models": served,
+        "held_back": report.held_back,
+        "unloadable": unloadable,
+        "failures": report.failures,
+        "model_version": manifest.model_version,
+        "drifted_columns": report.drift.drifted_columns(),
+        "share_of_drifted_columns": report.drift.share_of_drifted_columns,
+        "dataset_drift": report.drift.dataset_drift,
+        "fairness": report.fairness.iter().map(|f| serde_json::json!({
+            "model": f.model,
+            "mean_outcome_difference": f.report.mean_outcome_difference,
+            "actual_outcome_difference": f.report.actual_outcome_difference,
+            "acceptable": f.report.acceptable,
+        })).collect::<Vec<_>>(),
+        "top_features": report.attributions.as_ref().map(|a| a.top(5)),
+    });
+    Ok(StageReport {
+        rows_in: (train.len() + test.len()) as u64,
+        rows_out: 1,
+        metrics,
     })
 }

@@ -1,6 +1,8 @@
 //! The price-model pipeline as a DAG of lineage stages:
-//! `etl → features → split → models → gate`. The gate promotes the candidate
-//! models to the production manifest only when drift and fairness pass.
+//! `etl → features → split → models → gate`. The gate writes every candidate
+//! into an immutable release and moves the production pointer to it only when
+//! drift and fairness pass (see [`lineage::release`]). A run holds the store's
+//! run lock from start to end, so two runs never write one store at once.
 //!
 //! Each stage is a function of typed artifacts read from and written to an
 //! [`ArtifactStore`]; the [`lineage::Runner`] decides whether it runs. This crate
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
 
+pub use gate::GateDecision;
 pub use retrain::{RetrainDecision, RetrainReport, retrain};
 pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params, train_config};
 
@@ -38,29 +41,39 @@ pub fn default_params() -> Params {
     Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_default()
 }
 
-/// The default params with a tiny model budget (grid tuner, 2 trials per
-/// model, a few MLP epochs, small tuning subsets): a whole run on a few
-/// thousand synthetic rows takes seconds even in a debug build. For tests and
-/// smoke runs; the models are real but weak — a 3-epoch MLP does not pass the
-/// fairness check — so the promotion gate is overridden (`gate.override`,
-/// recorded in the lock and in `metrics/gate.json`); the gate still runs and
-/// writes its report.
+/// The settings [`smoke_params`] applies, as `(key, TOML value)`: the same
+/// list a command line passes as `--set key=value`.
+pub const SMOKE_SETTINGS: [(&str, &str); 9] = [
+    ("gate.override", "true"),
+    ("tuning.tuner", "\"grid\""),
+    ("tuning.grid_points_per_dim", "2"),
+    ("tuning.grid_max_points", "2"),
+    ("models.tuning_rows", "2000"),
+    ("models.tuning_val_rows", "1000"),
+    ("models.tuning_mlp_epochs", "2"),
+    ("models.mlp_max_epochs", "3"),
+    ("models.svr_rows", "200"),
+];
+
+/// The default params with a tiny model budget ([`SMOKE_SETTINGS`]: grid
+/// tuner, 2 trials per model, a few MLP epochs, small tuning subsets): a
+/// whole run on a few thousand synthetic rows takes seconds even in a debug
+/// build. For tests and smoke runs; the models are real but weak — a 3-epoch
+/// MLP does not pass the fairness check — so the promotion gate is overridden
+/// (`gate.override`, recorded in the lock and in `metrics/gate.json`); the
+/// gate still runs and writes its report and release.
 pub fn smoke_params() -> Params {
     let mut p = default_params();
-    let settings: [(&str, toml::Value); 9] = [
-        ("gate.override", true.into()),
-        ("tuning.tuner", "grid".into()),
-        ("tuning.grid_points_per_dim", 2.into()),
-        ("tuning.grid_max_points", 2.into()),
-        ("models.tuning_rows", 2000.into()),
-        ("models.tuning_val_rows", 1000.into()),
-        ("models.tuning_mlp_epochs", 2.into()),
-        ("models.mlp_max_epochs", 3.into()),
-        ("models.svr_rows", 200.into()),
-    ];
-    for (key, value) in settings {
-        // Every key exists in the compiled-in params (checked by a test).
-        let _ = p.set(key, value);
+    for (key, value) in SMOKE_SETTINGS {
+        // Every key exists in the compiled-in params and every value parses
+        // (checked by a test).
+        if let Some(v) = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+        {
+            let _ = p.set(key, v);
+        }
     }
     p
 }
@@ -148,6 +161,11 @@ pub struct PipelineConfig<'a> {
     pub stockcode: Option<String>,
     /// Show progress spinners on stderr.
     pub progress: bool,
+    /// What the run lock names as its holder (`cargo xtask pipeline`).
+    pub command: String,
+    /// Lifetime of an S3 run lease (renewed every third of it while the run
+    /// lives; a crashed run's lease lapses after it).
+    pub lease: std::time::Duration,
 }
 
 impl<'a> PipelineConfig<'a> {
@@ -161,6 +179,8 @@ impl<'a> PipelineConfig<'a> {
             until: None,
             stockcode: None,
             progress: false,
+            command: "pipeline".into(),
+            lease: lineage::DEFAULT_LEASE,
         }
     }
 
@@ -204,8 +224,16 @@ pub struct PipelineSummary {
     pub elapsed: Duration,
 }
 
-/// Runs the pipeline: each stage runs only if stale (or `force`), up to `until`.
+/// Runs the pipeline: each stage runs only if stale (or `force`), up to
+/// `until`. Holds the store's run lock throughout: a second run on the same
+/// store fails at once with [`lineage::LineageError::Locked`].
 pub fn run(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
+    let _lock = config.store.lock(&config.command, config.lease)?;
+    run_locked(config)
+}
+
+/// [`run`] for a caller that already holds the run lock.
+pub(crate) fn run_locked(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
     let started = std::time::Instant::now();
     let keys = ArtifactKeys::new(config.effective_stockcode()?.as_deref());
     let mut runner = Runner::new(config.store, &config.params, config.force)?;
@@ -232,6 +260,47 @@ pub fn run(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
         stages: outcomes,
         elapsed: started.elapsed(),
     })
+}
+
+/// Moves production (of all products, or of one stock code's models) to
+/// release `id`, under the run lock, recorded with `reason`.
+pub fn promote(
+    store: &dyn ArtifactStore,
+    scope: Option<&str>,
+    id: &str,
+    reason: &str,
+) -> Result<lineage::Pointer> {
+    let reason = checked_reason(reason)?;
+    let _lock = store.lock("promote", lineage::DEFAULT_LEASE)?;
+    Ok(lineage::Releases::new(store, scope).promote(id, "promote", reason)?)
+}
+
+/// Moves production back to the release that served before, under the run
+/// lock, recorded with `reason`.
+pub fn rollback(
+    store: &dyn ArtifactStore,
+    scope: Option<&str>,
+    reason: &str,
+) -> Result<lineage::Pointer> {
+    let reason = checked_reason(reason)?;
+    let _lock = store.lock("rollback", lineage::DEFAULT_LEASE)?;
+    Ok(lineage::Releases::new(store, scope).rollback(reason)?)
+}
+
+/// Removes old releases (see [`lineage::Releases::gc`]) under the run lock.
+pub fn gc(store: &dyn ArtifactStore, scope: Option<&str>, keep: usize) -> Result<Vec<String>> {
+    let _lock = store.lock("gc", lineage::DEFAULT_LEASE)?;
+    Ok(lineage::Releases::new(store, scope).gc(keep)?)
+}
+
+fn checked_reason(reason: &str) -> Result<&str> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(PipelineError::Config(
+            "a reason is required: it is recorded with the move".into(),
+        ));
+    }
+    Ok(reason)
 }
 
 /// Whether a stage is up to date, and why not.
@@ -301,6 +370,11 @@ mod tests {
         let t = train_config(&p).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.svr_rows, 200);
         assert_eq!(p.str("tuning.tuner").ok(), Some("grid"));
+        let defaults = default_params();
+        for (key, _) in SMOKE_SETTINGS {
+            assert!(defaults.get(key).is_some(), "{key} is not a param");
+            assert_ne!(p.get(key), defaults.get(key), "{key} was not set");
+        }
     }
 
     #[test]

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use lineage::{Dep, Runner, StageDef, StageReport, StageWriter};
+use lineage::{ArtifactStore, Dep, Runner, StageDef, StageReport, StageWriter};
 use models::{
     DesignMatrix, ElasticNetParams, FailoverLoader, GbmParams, Manifest, ManifestEntry, MlpModel,
     MlpParams, ModelKind, Regressor, SvrParams, evaluate,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::stages::ArtifactKeys;
+use crate::stages::{ArtifactKeys, BoxError};
 use crate::{PipelineConfig, PipelineError, Result, Stage};
 
 /// What retraining decided for one model.
@@ -33,8 +33,14 @@ pub struct RetrainDecision {
 pub struct RetrainReport {
     /// One decision per production model.
     pub decisions: Vec<RetrainDecision>,
-    /// The manifest's model version before and after.
+    /// The model version of production and of the candidate.
     pub model_version: (String, String),
+    /// The production release that was refit.
+    pub production_release: String,
+    /// The release the gate wrote for the candidate.
+    pub release: Option<String>,
+    /// Whether the gate promoted it.
+    pub promoted: bool,
 }
 
 fn params_of<T: serde::de::DeserializeOwned>(
@@ -79,42 +85,53 @@ fn refit(
 }
 
 /// Retrains production on the raw file in `config`: the data stages run on it
-/// (lineage as usual), each production model is refit with its recorded
-/// hyper-parameters (the MLP warm-started from its production weights), and a
-/// refit model replaces production only if it is not worse on the new
-/// validation window. The decision is recorded as the `retrain` stage in the
-/// lock and in `metrics/retrain.json`.
+/// (lineage as usual); each model of the production release is refit with its
+/// recorded hyper-parameters (the MLP warm-started from its production
+/// weights), and a refit model replaces the production one in the candidate
+/// only if it is not worse on the new validation window. The candidate then
+/// goes through the same promotion gate as a pipeline run: it becomes a
+/// release, and production moves to it only if the gate passes. The refit
+/// decisions are recorded as the `retrain` stage in the lock and in
+/// `metrics/retrain.json`. Holds the run lock throughout.
 pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
+    let _lock = config.store.lock(&config.command, config.lease)?;
     let keys = ArtifactKeys::new(config.effective_stockcode()?.as_deref());
-    let manifest_bytes = config.store.get(&keys.manifest).map_err(|e| {
-        PipelineError::Config(format!(
-            "no production models to retrain at {} ({e}): run `cargo xtask pipeline` first",
-            keys.manifest
-        ))
-    })?;
-    let manifest =
-        Manifest::from_json(&manifest_bytes).map_err(|e| PipelineError::Config(e.to_string()))?;
+    let releases = lineage::Releases::new(config.store, keys.stockcode.as_deref());
+    let pointer_key = releases.pointer_key();
+    let Some(pointer) = releases.production()? else {
+        return Err(PipelineError::Config(format!(
+            "no production release to retrain at {} ({pointer_key} is absent): run `cargo xtask pipeline` first",
+            config.store.location()
+        )));
+    };
+    let production =
+        Manifest::from_json(&releases.open(&pointer).get(&keys.manifest)?).map_err(|e| {
+            PipelineError::Config(format!("production release {}: {e}", pointer.release))
+        })?;
+    // The candidate: its manifest and the files of each production model.
+    let mut outs = vec![keys.candidate.clone()];
+    for entry in &production.models {
+        outs.extend(entry.files.values().cloned());
+    }
     let mut data_config =
         PipelineConfig::new(config.raw.clone(), config.store, config.params.clone());
     data_config.stockcode = config.stockcode.clone();
     data_config.progress = config.progress;
     data_config.until = Some(Stage::Split);
-    crate::run(&data_config)?;
+    crate::run_locked(&data_config)?;
 
     let name = match &keys.stockcode {
         Some(c) => format!("retrain@{c}"),
         None => "retrain".to_string(),
     };
-    let mut outs = vec![keys.manifest.clone()];
-    for entry in &manifest.models {
-        outs.extend(entry.files.values().cloned());
-    }
     let def = StageDef {
         name,
         deps: vec![
             Dep::Artifact(keys.train.clone()),
             Dep::Artifact(keys.val.clone()),
             Dep::Artifact(keys.test.clone()),
+            // The pointer names the production release and every file's hash.
+            Dep::Artifact(pointer_key.clone()),
         ],
         params: vec![],
         outs,
@@ -126,91 +143,139 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
     };
     let mut report: Option<RetrainReport> = None;
     let mut runner = Runner::new(config.store, &config.params, true)?;
-    runner.run(&def, |w: &mut StageWriter<'_>| -> std::result::Result<StageReport, Box<dyn std::error::Error + Send + Sync>> {
-        let train = DesignMatrix::from_parquet(&w.get(&keys.train)?)?;
-        let val = DesignMatrix::from_parquet(&w.get(&keys.val)?)?;
-        let test = DesignMatrix::from_parquet(&w.get(&keys.test)?)?;
-        let same_features = train.feature_names == manifest.feature_names;
-        let loader = FailoverLoader::new(config.store);
-        let mut decisions = Vec::new();
-        let mut entries = Vec::new();
-        for entry in &manifest.models {
-            let current = loader.load_entry(&manifest, entry).ok();
-            let current_mlp = if entry.kind == ModelKind::Mlp && same_features {
-                let mut files = BTreeMap::new();
-                for (n, key) in &entry.files {
-                    files.insert(n.clone(), w.get(key)?);
-                }
-                MlpModel::from_files(&files).ok()
-            } else {
-                None
-            };
-            let candidate = refit(entry, current_mlp.as_ref(), &train, &val)?;
-            let cand_val = evaluate(candidate.as_ref(), &val)?;
-            let prod_val = match (&current, same_features) {
-                (Some(m), true) => Some(evaluate(m.as_ref(), &val)?.mse_log),
-                _ => None,
-            };
-            let (replace, reason) = match prod_val {
-                Some(p) if cand_val.mse_log <= p => (true, "refit model is not worse on the new validation window".to_string()),
-                Some(_) => (false, "refit model is worse on the new validation window".to_string()),
-                None if current.is_none() => (true, "production model could not be loaded".to_string()),
-                None => (true, "features changed: production model cannot score the new data".to_string()),
-            };
-            decisions.push(RetrainDecision {
-                kind: entry.kind,
-                production_val_mse_log: prod_val,
-                candidate_val_mse_log: cand_val.mse_log,
-                replaced: replace,
-                reason,
-            });
-            if replace {
-                let mut hashes = BTreeMap::new();
-                for (file, bytes) in candidate.to_files()? {
-                    let key = entry.files.get(&file).cloned().ok_or("model file layout changed")?;
-                    w.put(&key, &bytes)?;
-                    hashes.insert(key, lineage::content_hash(&bytes));
-                }
-                entries.push(ManifestEntry {
-                    kind: entry.kind,
-                    files: entry.files.clone(),
-                    hashes,
-                    hyper_params: candidate.hyper_params(),
-                    val: cand_val,
-                    test: evaluate(candidate.as_ref(), &test)?,
-                });
-            } else {
-                // Production stays as it is.
-                for key in entry.files.values() {
-                    w.keep(key)?;
-                }
-                entries.push(entry.clone());
-            }
-        }
-        let probe = if same_features {
-            manifest.probe.clone()
-        } else {
-            (0..val.len().min(8)).map(|i| val.x.row(i).to_vec()).collect()
-        };
-        let new_manifest = Manifest {
-            model_version: Manifest::version_of(&entries)?,
-            feature_names: train.feature_names.clone(),
-            models: entries,
-            probe,
-            ..manifest.clone()
-        };
-        w.put(&keys.manifest, &new_manifest.to_json()?)?;
-        let r = RetrainReport {
-            decisions,
-            model_version: (manifest.model_version.clone(), new_manifest.model_version.clone()),
-        };
+    runner.run(&def, |w: &mut StageWriter<'_>| {
+        let r = refit_stage(w, &keys, &pointer_key)?;
         let metrics = serde_json::to_value(&r)?;
+        let rows_out = r.decisions.len() as u64;
         report = Some(r);
-        Ok(StageReport {
-            rows_in: (train.len() + val.len()) as u64,
-            rows_out: new_manifest.models.len() as u64,
+        Ok::<_, BoxError>(StageReport {
+            rows_in: 0,
+            rows_out,
             metrics,
         })
     })?;
-    report.ok_or_else(|| PipelineError::Config("retrain produced no report".into()))
+    let mut report =
+        report.ok_or_else(|| PipelineError::Config("retrain produced no report".into()))?;
+
+    // The same gate stage as a pipeline run, on the retrained candidate (the
+    // models stage is not run: it would tune a candidate of its own).
+    let gate = config
+        .stage_defs()?
+        .into_iter()
+        .find(|(stage, _)| *stage == Stage::Gate)
+        .map(|(_, def)| def)
+        .ok_or_else(|| PipelineError::Config("the pipeline has no gate stage".into()))?;
+    let mut runner = Runner::new(config.store, &config.params, false)?;
+    let bar = crate::stages::spinner(config.progress, &gate.name);
+    let outcome = crate::stages::run_stage(Stage::Gate, &gate, &keys, config, &mut runner, &bar);
+    bar.finish_and_clear();
+    outcome?;
+    let decision: crate::GateDecision =
+        serde_json::from_slice(&config.store.get(&keys.gate_decision)?)
+            .map_err(|e| PipelineError::Config(format!("{}: {e}", keys.gate_decision)))?;
+    report.release = Some(decision.release);
+    report.promoted = decision.promoted;
+    Ok(report)
+}
+
+/// The body of the `retrain` stage: refit each production model, keep the
+/// better of refit and production per model, write the candidate.
+fn refit_stage(
+    w: &mut StageWriter<'_>,
+    keys: &ArtifactKeys,
+    pointer_key: &str,
+) -> std::result::Result<RetrainReport, BoxError> {
+    let pointer = lineage::Pointer::from_json(&w.get(pointer_key)?, pointer_key)?;
+    let releases = w.releases(keys.stockcode.as_deref());
+    let production = releases.open(&pointer);
+    let manifest = Manifest::from_json(&production.get(&keys.manifest)?)?;
+    let train = DesignMatrix::from_parquet(&w.get(&keys.train)?)?;
+    let val = DesignMatrix::from_parquet(&w.get(&keys.val)?)?;
+    let test = DesignMatrix::from_parquet(&w.get(&keys.test)?)?;
+    let same_features = train.feature_names == manifest.feature_names;
+    let loader = FailoverLoader::new(&production);
+    let mut decisions = Vec::new();
+    let mut entries = Vec::new();
+    for entry in &manifest.models {
+        let current = loader.load_entry(&manifest, entry).ok();
+        let current_mlp = if entry.kind == ModelKind::Mlp && same_features {
+            let mut files = BTreeMap::new();
+            for (n, key) in &entry.files {
+                files.insert(n.clone(), production.get(key)?);
+            }
+            MlpModel::from_files(&files).ok()
+        } else {
+            None
+        };
+        let candidate = refit(entry, current_mlp.as_ref(), &train, &val)?;
+        let cand_val = evaluate(candidate.as_ref(), &val)?;
+        let prod_val = match (&current, same_features) {
+            (Some(m), true) => Some(evaluate(m.as_ref(), &val)?.mse_log),
+            _ => None,
+        };
+        let (replace, reason) = match prod_val {
+            Some(p) if cand_val.mse_log <= p => (
+                true,
+                "refit model is not worse on the new validation window".to_string(),
+            ),
+            Some(_) => (
+                false,
+                "refit model is worse on the new validation window".to_string(),
+            ),
+            None if current.is_none() => (true, "production model could not be loaded".to_string()),
+            None => (
+                true,
+                "features changed: production model cannot score the new data".to_string(),
+            ),
+        };
+        decisions.push(RetrainDecision {
+            kind: entry.kind,
+            production_val_mse_log: prod_val,
+            candidate_val_mse_log: cand_val.mse_log,
+            replaced: replace,
+            reason,
+        });
+        if replace {
+            let (files, hashes) = crate::stages::write_model(w, keys, candidate.as_ref())?;
+            entries.push(ManifestEntry {
+                kind: entry.kind,
+                files,
+                hashes,
+                hyper_params: candidate.hyper_params(),
+                val: cand_val,
+                test: evaluate(candidate.as_ref(), &test)?,
+            });
+        } else {
+            // The production model, copied from its release into the candidate.
+            for key in entry.files.values() {
+                w.put(key, &production.get(key)?)?;
+            }
+            entries.push(entry.clone());
+        }
+    }
+    let probe = if same_features {
+        manifest.probe.clone()
+    } else {
+        crate::stages::probe_rows(&val, &train)
+    };
+    let candidate = Manifest {
+        model_version: Manifest::version_of(&entries)?,
+        feature_names: train.feature_names.clone(),
+        models: entries,
+        probe,
+        baseline: None,
+        source: Some("retrain".into()),
+        ..manifest.clone()
+    };
+    w.put(&keys.candidate, &candidate.to_json()?)?;
+    Ok(RetrainReport {
+        decisions,
+        model_version: (
+            manifest.model_version.clone(),
+            candidate.model_version.clone(),
+        ),
+        production_release: pointer.release.clone(),
+        release: None,
+        promoted: false,
+    })
 }

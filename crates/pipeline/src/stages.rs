@@ -1,5 +1,6 @@
 //! Stage wiring: artifact names, params parsing, and the body of each stage.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,8 +15,10 @@ use crate::{PipelineConfig, Stage};
 use models::tuning::TunerConfig;
 use models::{DesignMatrix, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig};
 
-/// Boxed error returned by stage bodies.
-type StageResult = Result<StageReport, Box<dyn std::error::Error + Send + Sync>>;
+/// Boxed error of stage bodies.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// What a stage body returns.
+pub(crate) type StageResult = Result<StageReport, BoxError>;
 
 /// The lineage name of `stage` for these keys (`features@CODE` for one product).
 fn stage_name(k: &ArtifactKeys, stage: Stage) -> String {
@@ -39,6 +42,15 @@ fn keys(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
+/// What a candidate consists of (written by the models stage, or by
+/// retrain): the candidate manifest and each model's files.
+pub(crate) fn candidate_outs(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<String> {
+    model_outs(k, priority)
+        .into_iter()
+        .filter(|key| !key.ends_with("/trials.json") && !key.contains("/baseline/"))
+        .collect()
+}
+
 /// Output keys of the models stage for a priority list.
 fn model_outs(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<String> {
     let mut outs = vec![k.candidate.clone()];
@@ -52,6 +64,32 @@ fn model_outs(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<String> {
     }
     outs.push(format!("{}/baseline/model.json", k.models_dir));
     outs
+}
+
+/// What the gate reads: the windows it compares, the model matrices, the
+/// candidate and every model file it may name, and what a release carries.
+fn gate_deps(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<Dep> {
+    let mut deps: Vec<Dep> = [
+        &k.features,
+        &k.window,
+        &k.summary,
+        &k.contexts,
+        &k.train,
+        &k.test,
+        &k.preprocessor,
+        &k.feature_names,
+        &k.candidate,
+    ]
+    .into_iter()
+    .map(|key| Dep::Artifact(key.clone()))
+    .collect();
+    deps.extend(
+        candidate_outs(k, priority)
+            .into_iter()
+            .filter(|key| *key != k.candidate)
+            .map(Dep::Artifact),
+    );
+    deps
 }
 
 /// The definition of `stage` for these artifact keys.
@@ -69,7 +107,15 @@ pub(crate) fn definition(
                 name: "raw".into(),
                 path: raw.to_path_buf(),
             }],
-            params: keys(&["etl.product_code_pattern", "etl.excluded_stock_codes"]),
+            params: keys(&[
+                "etl.product_code_pattern",
+                "etl.excluded_stock_codes",
+                "etl.min_date",
+                "etl.max_date",
+                "etl.max_unit_price",
+                "etl.max_quantity",
+                "etl.max_decompressed_bytes",
+            ]),
             outs: vec![k.transactions.clone()],
             code_version: code_version(env!("ETL_SRC_HASH")),
         },
@@ -140,14 +186,7 @@ pub(crate) fn definition(
         },
         Stage::Gate => StageDef {
             name,
-            deps: vec![
-                Dep::Artifact(k.features.clone()),
-                Dep::Artifact(k.window.clone()),
-                Dep::Artifact(k.train.clone()),
-                Dep::Artifact(k.test.clone()),
-                // The candidate records the hash of every model file.
-                Dep::Artifact(k.candidate.clone()),
-            ],
+            deps: gate_deps(k, priority),
             params: keys(&[
                 "models.seed",
                 "gate.p_value_threshold",
@@ -165,7 +204,7 @@ pub(crate) fn definition(
             outs: vec![
                 k.gate_report.clone(),
                 k.gate_html.clone(),
-                k.manifest.clone(),
+                k.gate_decision.clone(),
             ],
             code_version: code_version(env!("GATE_SRC_HASH")),
         },
@@ -238,10 +277,21 @@ pub fn etl_params(p: &Params) -> Result<etl::EtlParams, LineageError> {
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(etl::EtlParams {
+    let params = etl::EtlParams {
         product_code_pattern: p.str("etl.product_code_pattern")?.to_string(),
         excluded_stock_codes: codes,
-    })
+        min_date: p.str("etl.min_date")?.to_string(),
+        max_date: p.str("etl.max_date")?.to_string(),
+        max_unit_price: p.f64("etl.max_unit_price")?,
+        max_quantity: p.i64("etl.max_quantity")?,
+        max_decompressed_bytes: u64::try_from(p.i64("etl.max_decompressed_bytes")?).map_err(
+            |_| LineageError::Params("`etl.max_decompressed_bytes` must be positive".into()),
+        )?,
+    };
+    params
+        .validate()
+        .map_err(|e| LineageError::Params(e.to_string()))?;
+    Ok(params)
 }
 
 /// `[features]` and `[split]` params.
@@ -329,302 +379,273 @@ pub(crate) fn run_stage(
     let params = &config.params;
     match stage {
         Stage::Etl => {
-            let etl_params = etl_params(params)?;
-            let raw_path = config.raw.clone();
-            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
-                bar.set_message(format!("reading {}", raw_path.display()));
-                let t0 = std::time::Instant::now();
-                let raw = etl::read_raw_file(&raw_path)?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: read csv");
-                bar.set_message(format!("validating and cleaning {} rows", raw.height()));
-                let t0 = std::time::Instant::now();
-                let (tx, report) = etl::clean(&raw, &etl_params)?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: clean");
-                bar.set_message("writing transactions.parquet");
-                let t0 = std::time::Instant::now();
-                w.put(&k.transactions, &tx.to_parquet()?)?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: write");
-                Ok(StageReport {
-                    rows_in: report.rows_in,
-                    rows_out: report.rows_out,
-                    metrics: json(&report)?,
-                })
-            })
+            let p = etl_params(params)?;
+            runner.run(def, |w| etl_stage(w, k, &config.raw, &p, bar))
         }
         Stage::Features => {
-            let fp = feature_params(params)?;
-            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
-                bar.set_message("reading transactions");
-                let t0 = std::time::Instant::now();
-                let tx = etl::Transactions::from_parquet(&w.get(&k.transactions)?)?;
-                tracing::debug!(
-                    ms = t0.elapsed().as_millis() as u64,
-                    "features: read transactions"
-                );
-                bar.set_message(format!("engineering features for {} rows", tx.len()));
-                let t0 = std::time::Instant::now();
-                let out = features::build_features(&tx, &fp, k.stockcode.as_deref())?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: build");
-                let t0 = std::time::Instant::now();
-                bar.set_message("writing features");
-                // Serialise the three tables on separate threads, then store them.
-                let (table, summary, contexts) = std::thread::scope(|s| {
-                    let summary = s.spawn(|| out.summary.to_parquet());
-                    let contexts = s.spawn(|| out.contexts.to_parquet());
-                    let table = out.table.to_parquet();
-                    (table, summary.join(), contexts.join())
-                });
-                w.put(&k.features, &table?)?;
-                w.put(&k.summary, &joined_bytes(summary)??)?;
-                w.put(&k.contexts, &joined_bytes(contexts)??)?;
-                w.put(&k.window, &pretty(&out.window)?)?;
-                tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: write");
-                Ok(StageReport {
-                    rows_in: out.report.rows_in,
-                    rows_out: out.report.rows_out,
-                    metrics: json(&out.report)?,
-                })
-            })
+            let p = feature_params(params)?;
+            runner.run(def, |w| features_stage(w, k, &p, bar))
         }
         Stage::Split => {
-            let pp = preprocess_params(params)?;
-            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
-                bar.set_message("reading features");
-                let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
-                let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
-                bar.set_message(format!(
-                    "splitting {} rows, fitting the preprocessor",
-                    table.len()
-                ));
-                let parts = features::split(&table, &window, &pp)?;
-                bar.set_message("writing model matrices");
-                let (train, val, test) = std::thread::scope(|s| {
-                    let val = s.spawn(|| parts.val.to_parquet());
-                    let test = s.spawn(|| parts.test.to_parquet());
-                    (parts.train.to_parquet(), val.join(), test.join())
-                });
-                w.put(&k.train, &train?)?;
-                w.put(&k.val, &joined_bytes(val)??)?;
-                w.put(&k.test, &joined_bytes(test)??)?;
-                w.put(&k.preprocessor, &parts.preprocessor.to_json()?)?;
-                w.put(
-                    &k.feature_names,
-                    &pretty(&parts.preprocessor.feature_names)?,
-                )?;
-                Ok(StageReport {
-                    rows_in: table.len() as u64,
-                    rows_out: parts.report.rows.iter().sum(),
-                    metrics: json(&parts.report)?,
-                })
-            })
+            let p = preprocess_params(params)?;
+            runner.run(def, |w| split_stage(w, k, &p, bar))
         }
         Stage::Models => {
             let cfg = train_config(params)?;
-            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
-                bar.set_message("reading model matrices");
-                let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
-                let val = DesignMatrix::from_parquet(&w.get(&k.val)?)?;
-                let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
-                let outcome = models::train_all(&cfg, &train, &val, &test, |m| bar.set_message(m.to_string()))?;
-                if outcome.models.is_empty() {
-                    let why: Vec<String> = outcome
-                        .failures
-                        .iter()
-                        .map(|(k, e)| format!("{}: {e}", k.name()))
-                        .collect();
-                    return Err(format!("no model could be trained: {}", why.join("; ")).into());
-                }
-                bar.set_message("writing models and the manifest");
-                let write_model = |w: &mut StageWriter<'_>, model: &dyn Regressor| -> StageResult2 {
-                    let dir = format!("{}/{}", k.models_dir, model.kind().name());
-                    let mut files = std::collections::BTreeMap::new();
-                    let mut hashes = std::collections::BTreeMap::new();
-                    for (name, bytes) in model.to_files()? {
-                        let key = format!("{dir}/{name}");
-                        w.put(&key, &bytes)?;
-                        hashes.insert(key.clone(), lineage::content_hash(&bytes));
-                        files.insert(name, key);
-                    }
-                    Ok((files, hashes))
-                };
-                let mut entries = Vec::new();
-                let mut metrics = serde_json::Map::new();
-                for m in &outcome.models {
-                    let kind = m.model.kind();
-                    let (files, hashes) = write_model(w, m.model.as_ref())?;
-                    if let Some(study) = &m.study {
-                        w.put(&format!("{}/{}/trials.json", k.models_dir, kind.name()), &pretty(study)?)?;
-                    }
-                    metrics.insert(
-                        kind.name().into(),
-                        serde_json::json!({
-                            "val": m.val,
-                            "test": m.test,
-                            "hyper_params": m.model.hyper_params(),
-                            "tuning": m.study.as_ref().map(|s| serde_json::json!({
-                                "tuner": s.tuner,
-                                "trials": s.trials.len(),
-                                "failed_trials": s.trials.iter().filter(|t| t.value.is_none()).count(),
-                                "best_val_mse_log": s.best().and_then(|t| t.value),
-                                "seconds_per_trial": s.mean_trial_seconds(),
-                                "fallback_reason": s.fallback_reason,
-                            })),
-                            "tuning_seconds": m.tuning_seconds,
-                            "fit_seconds": m.fit_seconds,
-                        }),
-                    );
-                    entries.push(ManifestEntry {
-                        kind,
-                        files,
-                        hashes,
-                        hyper_params: m.model.hyper_params(),
-                        val: m.val,
-                        test: m.test,
-                    });
-                }
-                for (kind, reason) in &outcome.failures {
-                    metrics.insert(kind.name().into(), serde_json::json!({ "error": reason }));
-                    // Keep the declared outputs honest: a failed model leaves a record.
-                    let dir = format!("{}/{}", k.models_dir, kind.name());
-                    let record = pretty(&serde_json::json!({ "trained": false, "error": reason }))?;
-                    w.put(&format!("{dir}/model.json"), &record)?;
-                    w.put(&format!("{dir}/trials.json"), &record)?;
-                    if *kind == ModelKind::Mlp {
-                        w.put(&format!("{dir}/weights.safetensors"), &[])?;
-                    }
-                }
-                let (bfiles, bhashes) = write_model(w, outcome.baseline.model.as_ref())?;
-                let baseline = ManifestEntry {
-                    kind: ModelKind::Baseline,
-                    files: bfiles,
-                    hashes: bhashes,
-                    hyper_params: serde_json::json!({}),
-                    val: outcome.baseline.val,
-                    test: outcome.baseline.test,
-                };
-                metrics.insert(
-                    "baseline".into(),
-                    serde_json::json!({ "val": baseline.val, "test": baseline.test }),
-                );
-                let probe_rows = val.len().min(8);
-                let probe_src = if probe_rows > 0 { &val } else { &train };
-                let probe: Vec<Vec<f64>> = (0..probe_src.len().min(8))
-                    .map(|i| probe_src.x.row(i).to_vec())
-                    .collect();
-                let manifest = Manifest {
-                    version: 1,
-                    model_version: Manifest::version_of(&entries)?,
-                    stockcode: k.stockcode.clone(),
-                    feature_names: train.feature_names.clone(),
-                    models: entries,
-                    baseline: Some(baseline),
-                    probe,
-                };
-                w.put(&k.candidate, &manifest.to_json()?)?;
-                metrics.insert("model_version".into(), manifest.model_version.clone().into());
-                metrics.insert(
-                    "served_order".into(),
-                    manifest.models.iter().map(|e| e.kind.name()).collect::<Vec<_>>().into(),
-                );
-                Ok(StageReport {
-                    rows_in: (train.len() + val.len() + test.len()) as u64,
-                    rows_out: manifest.models.len() as u64,
-                    metrics: serde_json::Value::Object(metrics),
-                })
-            })
+            runner.run(def, |w| models_stage(w, k, &cfg, bar))
         }
         Stage::Gate => {
             let gp = crate::gate::gate_params(params)?;
             let seed = train_config(params)?.seed;
-            runner.run(def, |w: &mut StageWriter<'_>| -> StageResult {
-                bar.set_message("gate: reading features and the candidate");
-                let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
-                let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
-                let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
-                let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
-                let candidate_bytes = w.get(&k.candidate)?;
-                let candidate = Manifest::from_json(&candidate_bytes)?;
-                let (loaded, skipped) =
-                    models::FailoverLoader::new(config.store).load_all(&k.candidate, &candidate);
-                let unloadable: Vec<String> = skipped
-                    .iter()
-                    .map(|s| format!("{}: {}", s.kind.name(), s.reason))
-                    .collect();
-                if loaded.is_empty() {
-                    return Err(format!("no candidate model loads: {}", unloadable.join("; ")).into());
-                }
-                bar.set_message("gate: drift, fairness and attributions");
-                let inputs = crate::gate::GateInputs {
-                    table: &table,
-                    window: &window,
-                    candidate: &candidate,
-                    models: &loaded,
-                    train: &train,
-                    test: &test,
-                };
-                let title = format!(
-                    "Promotion gate: candidate models version {} — training window vs test window",
-                    candidate.model_version
-                );
-                let mut report = crate::gate::evaluate(&title, &inputs, &gp, seed)?;
-                report.overridden = !report.passed && gp.override_gate;
-                w.put(&k.gate_report, &report.to_json()?)?;
-                w.put(&k.gate_html, drift::render_html(&report)?.as_bytes())?;
-                if !(report.passed || gp.override_gate) {
-                    return Err(format!(
-                        "promotion gate failed, production manifest `{}` left as it was: {} (report: {}, {}; to promote anyway: --set gate.override=true)",
-                        k.manifest,
-                        report.failures.join("; "),
-                        k.gate_report,
-                        k.gate_html
-                    )
-                    .into());
-                }
-                if !report.passed {
-                    tracing::warn!(failures = ?report.failures, "promotion gate failed; promoted because gate.override = true");
-                }
-                // An override promotes the candidate as it is; otherwise only
-                // the models that passed, in priority order.
-                let promoted: Vec<String> = if gp.override_gate {
-                    candidate.models.iter().map(|e| e.kind.name().to_string()).collect()
-                } else {
-                    report.promoted_models.clone()
-                };
-                let production = crate::gate::promoted_manifest(&candidate, &promoted)?;
-                w.put(&k.manifest, &production.to_json()?)?;
-                let metrics = serde_json::json!({
-                    "passed": report.passed,
-                    "override": gp.override_gate,
-                    "promoted_models": promoted,
-                    "held_back": report.held_back,
-                    "unloadable": unloadable,
-                    "failures": report.failures,
-                    "model_version": production.model_version,
-                    "drifted_columns": report.drift.drifted_columns(),
-                    "share_of_drifted_columns": report.drift.share_of_drifted_columns,
-                    "dataset_drift": report.drift.dataset_drift,
-                    "fairness": report.fairness.iter().map(|f| serde_json::json!({
-                        "model": f.model,
-                        "mean_outcome_difference": f.report.mean_outcome_difference,
-                        "actual_outcome_difference": f.report.actual_outcome_difference,
-                        "acceptable": f.report.acceptable,
-                    })).collect::<Vec<_>>(),
-                    "top_features": report.attributions.as_ref().map(|a| a.top(5)),
-                });
-                Ok(StageReport {
-                    rows_in: (train.len() + test.len()) as u64,
-                    rows_out: 1,
-                    metrics,
-                })
-            })
+            runner.run(def, |w| crate::gate::gate_stage(w, k, &gp, seed, bar))
         }
     }
 }
 
-type StageResult2 = Result<
-    (
-        std::collections::BTreeMap<String, String>,
-        std::collections::BTreeMap<String, String>,
-    ),
-    Box<dyn std::error::Error + Send + Sync>,
->;
+/// Stage 1: raw export → cleaned transactions.
+fn etl_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    raw_path: &Path,
+    params: &etl::EtlParams,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message(format!("reading {}", raw_path.display()));
+    let t0 = std::time::Instant::now();
+    let raw = etl::read_raw_file_limited(raw_path, params.max_decompressed_bytes)?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: read csv");
+    bar.set_message(format!("validating and cleaning {} rows", raw.height()));
+    let t0 = std::time::Instant::now();
+    let (tx, report) = etl::clean(&raw, params)?;
+    drop(raw);
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: clean");
+    bar.set_message("writing transactions.parquet");
+    let t0 = std::time::Instant::now();
+    w.put(&k.transactions, &tx.to_parquet()?)?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: write");
+    Ok(StageReport {
+        rows_in: report.rows_in,
+        rows_out: report.rows_out,
+        metrics: json(&report)?,
+    })
+}
+
+/// Stage 2: transactions → row features, product summary, recent contexts, window.
+fn features_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    params: &FeatureParams,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message("reading transactions");
+    let t0 = std::time::Instant::now();
+    let tx = etl::Transactions::from_parquet(&w.get(&k.transactions)?)?;
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "features: read transactions"
+    );
+    bar.set_message(format!("engineering features for {} rows", tx.len()));
+    let t0 = std::time::Instant::now();
+    let out = features::build_features(&tx, params, k.stockcode.as_deref())?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: build");
+    let t0 = std::time::Instant::now();
+    bar.set_message("writing features");
+    // Serialise the three tables on separate threads, then store them.
+    let (table, summary, contexts) = std::thread::scope(|s| {
+        let summary = s.spawn(|| out.summary.to_parquet());
+        let contexts = s.spawn(|| out.contexts.to_parquet());
+        let table = out.table.to_parquet();
+        (table, summary.join(), contexts.join())
+    });
+    w.put(&k.features, &table?)?;
+    w.put(&k.summary, &joined_bytes(summary)??)?;
+    w.put(&k.contexts, &joined_bytes(contexts)??)?;
+    w.put(&k.window, &pretty(&out.window)?)?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: write");
+    Ok(StageReport {
+        rows_in: out.report.rows_in,
+        rows_out: out.report.rows_out,
+        metrics: json(&out.report)?,
+    })
+}
+
+/// Stage 3: features → train/val/test model matrices and the preprocessor.
+fn split_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    params: &PreprocessParams,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message("reading features");
+    let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
+    let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
+    bar.set_message(format!(
+        "splitting {} rows, fitting the preprocessor",
+        table.len()
+    ));
+    let parts = features::split(&table, &window, params)?;
+    bar.set_message("writing model matrices");
+    let (train, val, test) = std::thread::scope(|s| {
+        let val = s.spawn(|| parts.val.to_parquet());
+        let test = s.spawn(|| parts.test.to_parquet());
+        (parts.train.to_parquet(), val.join(), test.join())
+    });
+    w.put(&k.train, &train?)?;
+    w.put(&k.val, &joined_bytes(val)??)?;
+    w.put(&k.test, &joined_bytes(test)??)?;
+    w.put(&k.preprocessor, &parts.preprocessor.to_json()?)?;
+    w.put(
+        &k.feature_names,
+        &pretty(&parts.preprocessor.feature_names)?,
+    )?;
+    Ok(StageReport {
+        rows_in: table.len() as u64,
+        rows_out: parts.report.rows.iter().sum(),
+        metrics: json(&parts.report)?,
+    })
+}
+
+/// A model's files as a manifest entry records them: file name → store key,
+/// and store key → content hash.
+pub(crate) type ModelFileKeys = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// Writes a model's files under its directory.
+pub(crate) fn write_model(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    model: &dyn Regressor,
+) -> Result<ModelFileKeys, BoxError> {
+    let dir = format!("{}/{}", k.models_dir, model.kind().name());
+    let mut files = BTreeMap::new();
+    let mut hashes = BTreeMap::new();
+    for (name, bytes) in model.to_files()? {
+        let key = format!("{dir}/{name}");
+        w.put(&key, &bytes)?;
+        hashes.insert(key.clone(), lineage::content_hash(&bytes));
+        files.insert(name, key);
+    }
+    Ok((files, hashes))
+}
+
+/// Up to 8 rows of `val` (or `train` when `val` is empty): the loader's probe.
+pub(crate) fn probe_rows(val: &DesignMatrix, train: &DesignMatrix) -> Vec<Vec<f64>> {
+    let src = if val.is_empty() { train } else { val };
+    (0..src.len().min(8))
+        .map(|i| src.x.row(i).to_vec())
+        .collect()
+}
+
+/// Stage 4: model matrices → tuned, refit and evaluated models, and the
+/// candidate manifest (which the gate may promote).
+fn models_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    cfg: &TrainConfig,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message("reading model matrices");
+    let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
+    let val = DesignMatrix::from_parquet(&w.get(&k.val)?)?;
+    let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+    let outcome = models::train_all(cfg, &train, &val, &test, |m| bar.set_message(m.to_string()))?;
+    if outcome.models.is_empty() {
+        let why: Vec<String> = outcome
+            .failures
+            .iter()
+            .map(|(k, e)| format!("{}: {e}", k.name()))
+            .collect();
+        return Err(format!("no model could be trained: {}", why.join("; ")).into());
+    }
+    bar.set_message("writing models and the manifest");
+    let mut entries = Vec::new();
+    let mut metrics = serde_json::Map::new();
+    for m in &outcome.models {
+        let kind = m.model.kind();
+        let (files, hashes) = write_model(w, k, m.model.as_ref())?;
+        if let Some(study) = &m.study {
+            w.put(
+                &format!("{}/{}/trials.json", k.models_dir, kind.name()),
+                &pretty(study)?,
+            )?;
+        }
+        metrics.insert(
+            kind.name().into(),
+            serde_json::json!({
+                "val": m.val,
+                "test": m.test,
+                "hyper_params": m.model.hyper_params(),
+                "tuning": m.study.as_ref().map(|s| serde_json::json!({
+                    "tuner": s.tuner,
+                    "trials": s.trials.len(),
+                    "failed_trials": s.trials.iter().filter(|t| t.value.is_none()).count(),
+                    "best_val_mse_log": s.best().and_then(|t| t.value),
+                    "seconds_per_trial": s.mean_trial_seconds(),
+                    "fallback_reason": s.fallback_reason,
+                })),
+                "tuning_seconds": m.tuning_seconds,
+                "fit_seconds": m.fit_seconds,
+            }),
+        );
+        entries.push(ManifestEntry {
+            kind,
+            files,
+            hashes,
+            hyper_params: m.model.hyper_params(),
+            val: m.val,
+            test: m.test,
+        });
+    }
+    for (kind, reason) in &outcome.failures {
+        metrics.insert(kind.name().into(), serde_json::json!({ "error": reason }));
+        // Keep the declared outputs honest: a failed model leaves a record.
+        let dir = format!("{}/{}", k.models_dir, kind.name());
+        let record = pretty(&serde_json::json!({ "trained": false, "error": reason }))?;
+        w.put(&format!("{dir}/model.json"), &record)?;
+        w.put(&format!("{dir}/trials.json"), &record)?;
+        if *kind == ModelKind::Mlp {
+            w.put(&format!("{dir}/weights.safetensors"), &[])?;
+        }
+    }
+    let (bfiles, bhashes) = write_model(w, k, outcome.baseline.model.as_ref())?;
+    let baseline = ManifestEntry {
+        kind: ModelKind::Baseline,
+        files: bfiles,
+        hashes: bhashes,
+        hyper_params: serde_json::json!({}),
+        val: outcome.baseline.val,
+        test: outcome.baseline.test,
+    };
+    metrics.insert(
+        "baseline".into(),
+        serde_json::json!({ "val": baseline.val, "test": baseline.test }),
+    );
+    let manifest = Manifest {
+        version: 1,
+        model_version: Manifest::version_of(&entries)?,
+        stockcode: k.stockcode.clone(),
+        feature_names: train.feature_names.clone(),
+        models: entries,
+        baseline: Some(baseline),
+        probe: probe_rows(&val, &train),
+        source: Some("models".into()),
+    };
+    w.put(&k.candidate, &manifest.to_json()?)?;
+    metrics.insert(
+        "model_version".into(),
+        manifest.model_version.clone().into(),
+    );
+    metrics.insert(
+        "candidate_order".into(),
+        manifest
+            .models
+            .iter()
+            .map(|e| e.kind.name())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    Ok(StageReport {
+        rows_in: (train.len() + val.len() + test.len()) as u64,
+        rows_out: manifest.models.len() as u64,
+        metrics: serde_json::Value::Object(metrics),
+    })
+}

@@ -43,7 +43,9 @@ mod request;
 use std::collections::HashMap;
 
 use features::{FeatureRow, Preprocessor, PriceRef, ProductContexts, ProductSummary};
-use lineage::{ArtifactKeys, ArtifactStore};
+use std::time::Instant;
+
+use lineage::{ArtifactKeys, ArtifactStore, Pointer, Releases};
 use models::{Manifest, ModelKind, Regressor, SkippedModel};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +68,14 @@ pub enum RecommendError {
     /// No model could answer (all failed at load or for this request).
     #[error("no model could answer: {0}")]
     NoModel(String),
+    /// The store has no production release yet.
+    #[error(
+        "no production release in {0}: run `cargo xtask pipeline` (its gate promotes a release) or `cargo xtask promote`"
+    )]
+    NoProduction(String),
+    /// The request's deadline passed before its answer was computed.
+    #[error("the recommendation was not computed within its deadline")]
+    DeadlineExceeded,
     /// An artifact is missing or unreadable.
     #[error("artifact store: {0}")]
     Store(#[from] lineage::LineageError),
@@ -140,6 +150,8 @@ pub struct Recommendation {
     pub model: String,
     /// The production model set's version (from the manifest).
     pub model_version: String,
+    /// The release that answered.
+    pub release: String,
     /// Models that failed for this request before `model` answered.
     pub failovers: Vec<Failover>,
 }
@@ -166,6 +178,33 @@ pub struct LegacyRow<'a> {
 }
 
 impl Recommendation {
+    /// The first number of the answer that is not finite, if any (a 200
+    /// answer carries only finite numbers).
+    pub fn first_non_finite(&self) -> Option<&'static str> {
+        let top = [
+            ("optimal_unit_price", self.optimal_unit_price),
+            ("max_predicted_sales", self.max_predicted_sales),
+            ("optimal_quantity", self.optimal_quantity),
+            ("grid.unitprice_min", self.grid.unitprice_min),
+            ("grid.unitprice_max", self.grid.unitprice_max),
+        ];
+        if let Some((name, _)) = top.iter().find(|(_, v)| !v.is_finite()) {
+            return Some(name);
+        }
+        self.curve.iter().find_map(|p| {
+            [
+                ("curve.unit_price", p.unit_price),
+                ("curve.quantity", p.quantity),
+                ("curve.quantity_min", p.quantity_min),
+                ("curve.quantity_max", p.quantity_max),
+                ("curve.predicted_sales", p.predicted_sales),
+            ]
+            .into_iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(name, _)| name)
+        })
+    }
+
     /// The curve in the original API's row format.
     pub fn legacy_rows(&self) -> Vec<LegacyRow<'_>> {
         self.curve
@@ -182,6 +221,18 @@ impl Recommendation {
             })
             .collect()
     }
+}
+
+/// Model rows per prediction chunk: a request's working set is one chunk's
+/// matrix, and its deadline is checked between chunks.
+pub const ROWS_PER_CHUNK: usize = 2048;
+
+/// Why one model could not answer a request.
+enum Failure {
+    /// The deadline passed: no other model is tried.
+    Deadline,
+    /// The model failed: the next one is tried.
+    Model(String),
 }
 
 /// A model that loaded and passed its probe.
@@ -210,6 +261,8 @@ pub struct Health {
     pub skipped: Vec<SkippedModel>,
     /// Products that can be priced.
     pub products: usize,
+    /// The release being served.
+    pub release: String,
 }
 
 /// Loaded production artifacts; answers [`PriceRequest`]s. Cheap to share
@@ -223,6 +276,7 @@ pub struct Recommender {
     models: Vec<ServingModel>,
     skipped: Vec<SkippedModel>,
     cache_version: String,
+    release: String,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -243,24 +297,23 @@ impl std::fmt::Debug for Recommender {
 }
 
 impl Recommender {
-    /// The store keys [`Recommender::load`] reads: the summary, contexts,
-    /// preprocessor, manifest and every model file the manifest names. Used to
-    /// copy production artifacts (say from S3 to Lambda's `/tmp`) once.
-    pub fn artifact_keys(store: &dyn ArtifactStore) -> Result<Vec<String>> {
-        let k = ArtifactKeys::new(None);
-        let manifest = Manifest::from_json(&store.get(&k.manifest)?)?;
-        let mut keys = vec![k.summary, k.contexts, k.preprocessor, k.manifest];
-        for entry in &manifest.models {
-            keys.extend(entry.files.values().cloned());
-        }
-        Ok(keys)
+    /// Loads the release production points at (`production.json`) from a
+    /// `cargo xtask pipeline` store: see [`Recommender::load_release`].
+    pub fn load(store: &dyn ArtifactStore) -> Result<Self> {
+        let pointer = Releases::new(store, None)
+            .production()?
+            .ok_or_else(|| RecommendError::NoProduction(store.location()))?;
+        Self::load_release(store, &pointer)
     }
 
-    /// Loads the production artifacts of a `cargo xtask pipeline` run. Every
-    /// model of the manifest is verified (hashes, features, a finite probe
-    /// prediction); ones that fail are skipped and reported by
-    /// [`Recommender::health`]. Fails only when no model is usable.
-    pub fn load(store: &dyn ArtifactStore) -> Result<Self> {
+    /// Loads the release `pointer` names. Every file is checked against the
+    /// pointer's hash as it is read, and every model of the release's
+    /// manifest is verified (hashes, features, a finite probe prediction);
+    /// models that fail are skipped and reported by [`Recommender::health`].
+    /// Fails when a serving file is missing or corrupt, or no model is usable.
+    pub fn load_release(store: &dyn ArtifactStore, pointer: &Pointer) -> Result<Self> {
+        let release = Releases::new(store, None).open(pointer);
+        let store: &dyn ArtifactStore = &release;
         let k = ArtifactKeys::new(None);
         let summary = ProductSummary::from_parquet(&store.get(&k.summary)?)?;
         let table = ProductContexts::from_parquet(&store.get(&k.contexts)?)?.table;
@@ -314,7 +367,12 @@ impl Recommender {
         }
 
         let kinds: Vec<&str> = models.iter().map(|m| m.kind.name()).collect();
-        let cache_version = format!("{}+{}", manifest.model_version, kinds.join(","));
+        let cache_version = format!(
+            "{}+{}+{}",
+            pointer.release,
+            manifest.model_version,
+            kinds.join(",")
+        );
         Ok(Self {
             summary,
             contexts,
@@ -324,7 +382,51 @@ impl Recommender {
             models,
             skipped,
             cache_version,
+            release: pointer.release.clone(),
         })
+    }
+
+    /// The release being served.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
+    /// The request in canonical form, so that requests with the same answer
+    /// share a cache key: the country spelled as in the data (matched
+    /// ignoring case; a country the data never saw is an error naming the
+    /// parameter), and validated.
+    pub fn canonical(&self, mut request: PriceRequest) -> Result<PriceRequest> {
+        request.validate()?;
+        if let Some(asked) = &request.country {
+            let known = self
+                .countries
+                .iter()
+                .chain(self.preprocessor.countries.iter())
+                .find(|c| c.eq_ignore_ascii_case(asked.trim()));
+            match known {
+                Some(c) => request.country = Some(c.clone()),
+                None => {
+                    let mut names: Vec<&str> = self
+                        .countries
+                        .iter()
+                        .chain(self.preprocessor.countries.iter())
+                        .map(String::as_str)
+                        .filter(|c| *c != "other")
+                        .collect();
+                    names.sort_unstable();
+                    names.dedup();
+                    return Err(RecommendError::InvalidParameter {
+                        parameter: "country",
+                        reason: format!(
+                            "no sales to `{}` in the data (known: {})",
+                            asked.chars().take(40).collect::<String>(),
+                            names.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(request)
     }
 
     /// The production model set's version (from the manifest).
@@ -355,11 +457,25 @@ impl Recommender {
             model_version: self.manifest.model_version.clone(),
             skipped: self.skipped.clone(),
             products: self.summary.rows.len(),
+            release: self.release.clone(),
         }
     }
 
     /// Recommends a price: see the crate documentation for the rule.
     pub fn recommend(&self, request: &PriceRequest) -> Result<Recommendation> {
+        self.recommend_until(request, None)
+    }
+
+    /// [`Recommender::recommend`], giving up with
+    /// [`RecommendError::DeadlineExceeded`] once `deadline` passes. The work
+    /// is done in chunks of about [`ROWS_PER_CHUNK`] model rows and the
+    /// deadline is checked between chunks, so abandoned work stops promptly
+    /// and a request never holds more than one chunk's matrix.
+    pub fn recommend_until(
+        &self,
+        request: &PriceRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Recommendation> {
         request.validate()?;
         let product = self
             .summary
@@ -374,45 +490,32 @@ impl Recommender {
             median: product.ref_price_median,
         };
 
-        let rows: Vec<FeatureRow<'_>> = prices
-            .iter()
-            .flat_map(|&price| {
-                let (rel_max, rel_mean, rel_median, squared, log1p) =
-                    features::price_features(price, &reference);
-                contexts.iter().map(move |(country, ctx)| FeatureRow {
-                    stock_code: &request.stockcode,
-                    country,
-                    unit_price: price,
-                    price_rel_max: rel_max,
-                    price_rel_mean: rel_mean,
-                    price_rel_median: rel_median,
-                    price_squared: squared,
-                    log1p_price: log1p,
-                    ..*ctx
-                })
-            })
-            .collect();
-        let x = self.preprocessor.transform(&rows);
-
         let mut failovers = Vec::new();
         for serving in &self.models {
-            let reason = match serving.model.predict(x.view()) {
-                Ok(pred) => match pred.iter().find(|v| !v.is_finite()) {
-                    None => {
-                        return Ok(self.decide(
-                            request,
-                            product,
-                            grid,
-                            &prices,
-                            contexts.len(),
-                            &pred.to_vec(),
-                            serving.kind,
-                            failovers,
-                        ));
+            let answer = self
+                .predict_grid(serving, request, &prices, &contexts, &reference, deadline)
+                .and_then(|log_quantity| {
+                    let rec = self.decide(
+                        request,
+                        product,
+                        grid.clone(),
+                        &prices,
+                        contexts.len(),
+                        &log_quantity,
+                        serving.kind,
+                        failovers.clone(),
+                    );
+                    match rec.first_non_finite() {
+                        None => Ok(rec),
+                        Some(field) => Err(Failure::Model(format!(
+                            "its answer has a non-finite {field}"
+                        ))),
                     }
-                    Some(bad) => format!("predicted {bad}"),
-                },
-                Err(e) => e.to_string(),
+                });
+            let reason = match answer {
+                Ok(rec) => return Ok(rec),
+                Err(Failure::Deadline) => return Err(RecommendError::DeadlineExceeded),
+                Err(Failure::Model(reason)) => reason,
             };
             tracing::warn!(model = serving.kind.name(), %reason, stockcode = %request.stockcode, "model failed for a request; failing over");
             failovers.push(Failover {
@@ -427,6 +530,53 @@ impl Recommender {
                 .collect::<Vec<_>>()
                 .join("; "),
         ))
+    }
+
+    /// ln(1 + quantity) for every (price, context) pair, price-major, chunk
+    /// by chunk.
+    fn predict_grid(
+        &self,
+        serving: &ServingModel,
+        request: &PriceRequest,
+        prices: &[f64],
+        contexts: &[(&str, FeatureRow<'static>)],
+        reference: &PriceRef,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<f64>, Failure> {
+        let per_chunk = (ROWS_PER_CHUNK / contexts.len().max(1)).max(1);
+        let mut out = Vec::with_capacity(prices.len() * contexts.len());
+        let mut rows: Vec<FeatureRow<'_>> = Vec::with_capacity(per_chunk * contexts.len());
+        for chunk in prices.chunks(per_chunk) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(Failure::Deadline);
+            }
+            rows.clear();
+            for &price in chunk {
+                let (rel_max, rel_mean, rel_median, squared, log1p) =
+                    features::price_features(price, reference);
+                rows.extend(contexts.iter().map(|(country, ctx)| FeatureRow {
+                    stock_code: &request.stockcode,
+                    country,
+                    unit_price: price,
+                    price_rel_max: rel_max,
+                    price_rel_mean: rel_mean,
+                    price_rel_median: rel_median,
+                    price_squared: squared,
+                    log1p_price: log1p,
+                    ..*ctx
+                }));
+            }
+            let x = self.preprocessor.transform(&rows);
+            let pred = serving
+                .model
+                .predict(x.view())
+                .map_err(|e| Failure::Model(e.to_string()))?;
+            if let Some(bad) = pred.iter().find(|v| !v.is_finite()) {
+                return Err(Failure::Model(format!("predicted {bad}")));
+            }
+            out.extend(pred.iter());
+        }
+        Ok(out)
     }
 
     /// The product's contexts with their country resolved.
@@ -515,6 +665,7 @@ impl Recommender {
             contexts: n_contexts,
             model: kind.name().into(),
             model_version: self.manifest.model_version.clone(),
+            release: self.release.clone(),
             failovers,
         }
     }

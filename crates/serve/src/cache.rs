@@ -18,10 +18,11 @@ use crate::ServeError;
 pub enum CacheConfig {
     /// No caching.
     Off,
-    /// An in-process cache of up to `capacity` entries.
+    /// An in-process cache of up to `max_bytes` (estimated size of the
+    /// entries, keys included).
     Memory {
-        /// Most entries kept.
-        capacity: u64,
+        /// Most bytes kept.
+        max_bytes: u64,
     },
     /// Redis at `url` (`redis://host:port/db`).
     Redis {
@@ -106,13 +107,21 @@ impl Cache {
     pub fn open(config: &CacheConfig, prefix: &str, ttl: Duration) -> Result<Self, ServeError> {
         let backend = match config {
             CacheConfig::Off => Backend::Off,
-            CacheConfig::Memory { capacity } => Backend::Memory(
+            CacheConfig::Memory { max_bytes } => Backend::Memory(
                 moka::sync::Cache::builder()
-                    .max_capacity(*capacity)
+                    .weigher(|key: &String, value: &Arc<Recommendation>| {
+                        u32::try_from(key.len() + entry_bytes(value)).unwrap_or(u32::MAX)
+                    })
+                    .max_capacity(*max_bytes)
                     .time_to_live(ttl)
                     .build(),
             ),
             CacheConfig::Redis { url, timeout } => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(ServeError::Config(
+                        "the Redis cache runs on tokio: open it from within a tokio runtime (in `spawn_blocking`, say)".into(),
+                    ));
+                }
                 let client = redis::Client::open(url.as_str())
                     .map_err(|e| ServeError::Config(format!("REDIS_URL `{url}`: {e}")))?;
                 let cfg = redis::aio::ConnectionManagerConfig::new()
@@ -218,6 +227,7 @@ impl Cache {
         match &self.backend {
             Backend::Off => Ok(0),
             Backend::Memory(c) => {
+                c.run_pending_tasks();
                 let n = c.entry_count();
                 c.invalidate_all();
                 Ok(n)
@@ -269,6 +279,27 @@ impl Cache {
     }
 }
 
+/// Default size of the in-process cache: 256 MiB.
+pub const DEFAULT_MEMORY_CACHE_BYTES: u64 = 256 << 20;
+
+/// The heap size of a cached recommendation, estimated from its parts.
+fn entry_bytes(rec: &Recommendation) -> usize {
+    std::mem::size_of::<Recommendation>()
+        + rec.curve.len() * std::mem::size_of::<recommend::PricePoint>()
+        + rec.stockcode.len()
+        + rec.description.len()
+        + rec.grid.rule.len()
+        + rec.model.len()
+        + rec.model_version.len()
+        + rec.release.len()
+        + rec
+            .failovers
+            .iter()
+            .map(|f| f.model.len() + f.reason.len() + 48)
+            .sum::<usize>()
+        + 64 // Arc and map overhead
+}
+
 /// Escapes Redis glob metacharacters so a prefix matches only itself.
 fn glob_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -284,6 +315,61 @@ fn glob_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_cache_is_bounded_in_bytes() {
+        let cache = Cache::open(
+            &CacheConfig::Memory {
+                max_bytes: 64 << 10,
+            },
+            "t:",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let rec = Arc::new(Recommendation {
+            stockcode: "85123A".into(),
+            description: String::new(),
+            optimal_unit_price: 1.0,
+            max_predicted_sales: 1.0,
+            optimal_quantity: 1.0,
+            curve: vec![
+                recommend::PricePoint {
+                    unit_price: 1.0,
+                    quantity: 1.0,
+                    quantity_min: 1.0,
+                    quantity_max: 1.0,
+                    predicted_sales: 1.0,
+                };
+                1000
+            ],
+            grid: recommend::PriceGrid {
+                unitprice_min: 1.0,
+                unitprice_max: 2.0,
+                num_price_bins: 1000,
+                rule: String::new(),
+            },
+            contexts: 1,
+            model: "mlp".into(),
+            model_version: "v".into(),
+            release: "r".into(),
+            failovers: Vec::new(),
+        });
+        let one = entry_bytes(&rec);
+        assert!(one > 40_000, "a 1000-point curve weighs {one} bytes");
+        let Backend::Memory(inner) = &cache.backend else {
+            panic!("memory backend expected")
+        };
+        for i in 0..100 {
+            inner.insert(format!("k{i}"), rec.clone());
+        }
+        inner.run_pending_tasks();
+        assert!(
+            inner.weighted_size() <= 64 << 10,
+            "{} bytes held",
+            inner.weighted_size()
+        );
+        assert!(inner.entry_count() <= 2);
+    }
 
     #[test]
     fn glob_metacharacters_are_escaped() {

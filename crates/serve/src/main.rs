@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use serve::{App, CacheConfig, ServeConfig};
+use serve::{App, CacheConfig, ServeConfig, ServerLimits, WorkLimits};
 
 #[derive(Parser, Debug)]
 #[command(name = "serve", about = "Price-recommendation HTTP API")]
@@ -39,16 +39,35 @@ struct Args {
     /// Comma-separated origins allowed by CORS.
     #[arg(long, env = "CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// Request deadline in milliseconds.
+    /// Size of the in-process cache in MiB (when Redis is not used).
+    #[arg(long, env = "CACHE_MAX_MB", default_value_t = 256)]
+    cache_max_mb: u64,
+    /// Request deadline in milliseconds; uncached work stops when it passes.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     request_timeout_ms: u64,
+    /// Uncached recommendations computed at once (default: the CPU count).
+    #[arg(long, env = "MAX_CONCURRENT_COMPUTATIONS")]
+    max_concurrent: Option<usize>,
+    /// Requests that may wait for a computation slot; beyond them, 503 with Retry-After
+    /// (default: 4 x the slots).
+    #[arg(long, env = "MAX_WAITING_REQUESTS")]
+    max_waiting: Option<usize>,
+    /// Seconds between checks of the production pointer (also checked on SIGHUP).
+    #[arg(long, env = "RELOAD_INTERVAL_SECS", default_value_t = 30.0)]
+    reload_interval_secs: f64,
+    /// Close a connection that has not sent its request headers within this many milliseconds.
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 5000)]
+    header_read_timeout_ms: u64,
+    /// Most connections open at once (more wait in the kernel backlog).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
 }
 
 impl Args {
-    fn config(&self) -> ServeConfig {
+    fn config(&self) -> Result<ServeConfig> {
         let mut c = ServeConfig::new(self.artifacts.clone());
         c.cache = match (&self.redis_url, self.no_cache) {
             (_, true) => CacheConfig::Off,
@@ -56,7 +75,9 @@ impl Args {
                 url: url.clone(),
                 timeout: Duration::from_millis(self.redis_timeout_ms),
             },
-            (None, false) => c.cache,
+            (None, false) => CacheConfig::Memory {
+                max_bytes: self.cache_max_mb.saturating_mul(1 << 20),
+            },
         };
         c.cache_ttl = Duration::from_secs(self.cache_ttl_secs);
         c.cache_prefix = self.cache_prefix.clone();
@@ -67,7 +88,30 @@ impl Args {
             .filter(|s| !s.is_empty())
             .collect();
         c.request_timeout = Duration::from_millis(self.request_timeout_ms);
-        c
+        let defaults = WorkLimits::default();
+        let max_concurrent = self.max_concurrent.unwrap_or(defaults.max_concurrent);
+        c.work = WorkLimits {
+            max_concurrent,
+            max_waiting: self.max_waiting.unwrap_or(4 * max_concurrent),
+            ..defaults
+        };
+        if !(self.reload_interval_secs.is_finite() && self.reload_interval_secs > 0.0) {
+            anyhow::bail!(
+                "RELOAD_INTERVAL_SECS must be a positive number of seconds, found {}",
+                self.reload_interval_secs
+            );
+        }
+        c.reload_interval = Duration::from_secs_f64(self.reload_interval_secs);
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            ..ServerLimits::default()
+        }
     }
 }
 
@@ -79,7 +123,7 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_writer(std::io::stderr)
         .init();
-    let config = args.config();
+    let config = args.config()?;
     if args.cache_clear {
         let cache = serve::Cache::open(&config.cache, &config.cache_prefix, config.cache_ttl)?;
         let removed = cache.clear().await.context("clearing the cache")?;
@@ -101,7 +145,11 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {addr}"))?;
     let health = app.recommender().health();
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    app.spawn_reloader(wake.clone());
+    spawn_sighup(wake);
     tracing::info!(
+        release = %health.release,
         model = %health.model,
         backups = ?health.backups,
         model_version = %health.model_version,
@@ -110,10 +158,29 @@ async fn main() -> Result<()> {
         listener.local_addr()?,
         started.elapsed().as_millis()
     );
-    axum::serve(listener, app.router())
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    serve::serve(listener, app.router(), args.server_limits(), shutdown()).await?;
     Ok(())
+}
+
+/// SIGHUP: check the production pointer now.
+fn spawn_sighup(wake: std::sync::Arc<tokio::sync::Notify>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: checking the production pointer");
+                        wake.notify_one();
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+        }
+    }
+    #[cfg(not(unix))]
+    drop(wake);
 }
 
 async fn shutdown() {
