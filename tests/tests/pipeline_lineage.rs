@@ -268,3 +268,28 @@ fn deleting_an_output_reruns_its_stage_only() {
     store.delete("split/val.parquet").unwrap();
     assert_eq!(ran(&run(&store, &raw, &fast_params())), vec!["split"]);
 }
+
+#[test]
+fn absurd_rows_are_dropped_by_etl_and_break_no_later_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dataset(dir.path());
+    let mut text = std::fs::read_to_string(&raw).unwrap();
+    // A typo'd year far in the future, a price of 1e300, an absurd quantity.
+    text.push_str("999991,85123A,BAD YEAR,6,+200000-01-01 08:26:00,2.55,12345,France\n");
+    text.push_str("999992,85123A,BAD PRICE,6,2011-06-01 08:26:00,1e300,12345,France\n");
+    text.push_str("999993,85123A,BAD QTY,999999999,2011-06-01 08:26:00,2.55,12345,France\n");
+    std::fs::write(&raw, text).unwrap();
+    let store = LocalStore::new(dir.path().join("out")).unwrap();
+    run(&store, &raw, &fast_params());
+    let etl: serde_json::Value =
+        serde_json::from_slice(&store.get("metrics/etl.json").unwrap()).unwrap();
+    let dropped = &etl["metrics"]["dropped"];
+    assert_eq!(dropped["date_out_of_range"], 1, "{dropped}");
+    assert_eq!(dropped["price_out_of_range"], 1, "{dropped}");
+    assert_eq!(dropped["quantity_out_of_range"], 1, "{dropped}");
+    let table =
+        features::FeatureTable::from_parquet(&store.get("features/features.parquet").unwrap())
+            .unwrap();
+    let prices = table.numeric("unit_price").unwrap();
+    assert!(prices.iter().all(|p| p.is_finite() && *p < 1e5));
+}

@@ -1,8 +1,21 @@
 //! `cargo xtask bench serve`: the release `serve` binary on real artifacts,
 //! driven by a closed-loop load generator (hyper client, latencies in an
 //! HdrHistogram) on the same machine.
+//!
+//! Modes:
+//! - `latency` (default): start-up time, uncached and cached latency, cached
+//!   throughput.
+//! - `overload`: `concurrency` clients (200) send uncached 1000-bin requests
+//!   in a closed loop while a probe times `/ping`; reports answered vs shed
+//!   (503 + `Retry-After`), the slowest request against the deadline, `/ping`
+//!   percentiles during the flood and the server's peak RSS.
+//! - `reload`: a load runs while production is promoted to another release
+//!   half-way; reports failed requests and how long until answers carry the
+//!   new release id.
 
 use std::path::PathBuf;
+
+use lineage::ArtifactStore;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +42,12 @@ pub struct ServeBench {
     pub concurrency: usize,
     /// Redis for the cache (in-process cache when `None`).
     pub redis_url: Option<String>,
+    /// `latency`, `overload` or `reload`.
+    pub mode: String,
+    /// `reload`: the server's pointer check interval in seconds.
+    pub reload_interval_secs: f64,
+    /// `overload`: candidate prices per request.
+    pub bins: usize,
 }
 
 struct Server(Child);
@@ -42,21 +61,41 @@ impl Drop for Server {
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-async fn fetch(client: &HttpClient, uri: &str, no_cache: bool) -> Result<(u16, String)> {
+/// What the load generator keeps of an answer.
+struct Answer {
+    status: u16,
+    cache: String,
+    release: String,
+    retry_after: bool,
+}
+
+async fn fetch_answer(client: &HttpClient, uri: &str, no_cache: bool) -> Result<Answer> {
     let mut req = hyper::Request::get(uri);
     if no_cache {
         req = req.header("cache-control", "no-cache");
     }
     let response = client.request(req.body(Empty::new())?).await?;
-    let status = response.status().as_u16();
-    let cache = response
-        .headers()
-        .get("x-cache")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let answer = Answer {
+        status: response.status().as_u16(),
+        cache: header("x-cache"),
+        release: header("x-release"),
+        retry_after: response.headers().contains_key("retry-after"),
+    };
     response.into_body().collect().await?;
-    Ok((status, cache))
+    Ok(answer)
+}
+
+async fn fetch(client: &HttpClient, uri: &str, no_cache: bool) -> Result<(u16, String)> {
+    let a = fetch_answer(client, uri, no_cache).await?;
+    Ok((a.status, a.cache))
 }
 
 fn micros(d: Duration) -> u64 {
@@ -92,11 +131,15 @@ fn serve_binary() -> Result<PathBuf> {
     Ok(target.join("release/serve"))
 }
 
-/// Stock codes of the best-selling products in the artifacts.
+/// Stock codes of the best-selling products of the production release.
 fn top_products(artifacts: &str, n: usize) -> Result<Vec<String>> {
     let store = lineage::open_store(artifacts)?;
+    let releases = lineage::Releases::new(store.as_ref(), None);
+    let pointer = releases
+        .production()?
+        .with_context(|| format!("no production release in {artifacts}"))?;
     let key = lineage::ArtifactKeys::new(None).summary;
-    let summary = features::ProductSummary::from_parquet(&store.get(&key)?)?;
+    let summary = features::ProductSummary::from_parquet(&releases.open(&pointer).get(&key)?)?;
     let mut rows: Vec<_> = summary.rows.iter().collect();
     rows.sort_by(|a, b| b.n_lines.total_cmp(&a.n_lines));
     Ok(rows
@@ -106,13 +149,17 @@ fn top_products(artifacts: &str, n: usize) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Runs the benchmark and prints its figures.
-pub fn run(opts: &ServeBench) -> Result<()> {
+/// A started server and a client for it.
+struct Bench {
+    server: Server,
+    rt: tokio::runtime::Runtime,
+    client: HttpClient,
+    base: String,
+    ready: Duration,
+}
+
+fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
     let binary = serve_binary()?;
-    let products = top_products(&opts.artifacts, 50)?;
-    if products.is_empty() {
-        bail!("no products in {}", opts.artifacts);
-    }
     let mut cmd = Command::new(&binary);
     cmd.args([
         "--artifacts",
@@ -120,6 +167,7 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         "--port",
         &opts.port.to_string(),
     ])
+    .args(extra)
     .env("RUST_LOG", "warn")
     .stdout(Stdio::null());
     match &opts.redis_url {
@@ -132,9 +180,8 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         .build()?;
     let base = format!("http://127.0.0.1:{}", opts.port);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-
     let started = Instant::now();
-    let _server = Server(cmd.spawn().context("starting serve")?);
+    let server = Server(cmd.spawn().context("starting serve")?);
     let ready = rt.block_on(async {
         loop {
             if let Ok((200, _)) = fetch(&client, &format!("{base}/ping"), false).await {
@@ -146,6 +193,51 @@ pub fn run(opts: &ServeBench) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })?;
+    Ok(Bench {
+        server,
+        rt,
+        client,
+        base,
+        ready,
+    })
+}
+
+/// Peak resident memory of a process (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Runs the benchmark and prints its figures.
+pub fn run(opts: &ServeBench) -> Result<()> {
+    match opts.mode.as_str() {
+        "latency" => latency(opts),
+        "overload" => overload(opts),
+        "reload" => reload(opts),
+        other => bail!("unknown serve bench mode `{other}` (latency, overload or reload)"),
+    }
+}
+
+fn latency(opts: &ServeBench) -> Result<()> {
+    let products = top_products(&opts.artifacts, 50)?;
+    if products.is_empty() {
+        bail!("no products in {}", opts.artifacts);
+    }
+    let Bench {
+        server: _server,
+        rt,
+        client,
+        base,
+        ready,
+    } = start(opts, &[])?;
     outln!(
         "serve bench: artifacts {}, {} products, cache {}",
         opts.artifacts,
@@ -240,4 +332,231 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         outln!("failed requests: 0");
         anyhow::Ok(())
     })
+}
+
+/// `overload`: a closed loop of `concurrency` clients sending uncached
+/// requests of `bins` prices for `seconds`, and a `/ping` probe.
+fn overload(opts: &ServeBench) -> Result<()> {
+    let products = Arc::new(top_products(&opts.artifacts, 200)?);
+    if products.is_empty() {
+        bail!("no products in {}", opts.artifacts);
+    }
+    let deadline_ms = 2000u64;
+    let bench = start(opts, &["--no-cache"])?;
+    let pid = bench.server.0.id();
+    outln!(
+        "overload bench: {} clients, uncached, {} prices per request, {} s; server deadline {deadline_ms} ms",
+        opts.concurrency,
+        opts.bins,
+        opts.seconds
+    );
+    let (client, base) = (bench.client.clone(), bench.base.clone());
+    let bins = opts.bins;
+    let concurrency = opts.concurrency;
+    let seconds = opts.seconds;
+    bench.rt.block_on(async move {
+        let end = Instant::now() + Duration::from_secs(seconds);
+        // A separate connection pool for the probe, so it does not queue
+        // behind the flood's connections on the client side.
+        let probe_client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+        let probe_base = base.clone();
+        let probe = tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut failed = 0u64;
+            while Instant::now() < end {
+                let t = Instant::now();
+                match fetch(&probe_client, &format!("{probe_base}/ping"), false).await {
+                    Ok((200, _)) => h.record(micros(t.elapsed()))?,
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            anyhow::Ok((h, failed))
+        });
+        let mut tasks = Vec::new();
+        for w in 0..concurrency {
+            let client = client.clone();
+            let base = base.clone();
+            let products = products.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ok = Histogram::<u64>::new(3)?;
+                let mut shed = Histogram::<u64>::new(3)?;
+                let (mut shed_without_retry_after, mut other) = (0u64, 0u64);
+                let mut i = w;
+                while Instant::now() < end {
+                    let uri = format!(
+                        "{base}/v1/predict-price/{}?num_price_bins={bins}",
+                        products[i % products.len()]
+                    );
+                    i += concurrency;
+                    let t = Instant::now();
+                    match fetch_answer(&client, &uri, false).await {
+                        Ok(a) if a.status == 200 => ok.record(micros(t.elapsed()))?,
+                        Ok(a) if a.status == 503 => {
+                            shed.record(micros(t.elapsed()))?;
+                            shed_without_retry_after += u64::from(!a.retry_after);
+                            if a.retry_after {
+                                // A polite client honours Retry-After (1 s);
+                                // here it backs off briefly and tries again.
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                        _ => other += 1,
+                    }
+                }
+                anyhow::Ok((ok, shed, shed_without_retry_after, other))
+            }));
+        }
+        let mut ok = Histogram::<u64>::new(3)?;
+        let mut shed = Histogram::<u64>::new(3)?;
+        let (mut no_retry, mut other) = (0, 0);
+        for t in tasks {
+            let (o, s, n, x) = t.await??;
+            ok.add(&o)?;
+            shed.add(&s)?;
+            no_retry += n;
+            other += x;
+        }
+        let (ping, ping_failed) = probe.await??;
+        let wall = Duration::from_secs(seconds);
+        report("answered (200)", &ok, wall)?;
+        report("shed (503)", &shed, wall)?;
+        report("/ping during the flood", &ping, wall)?;
+        let slowest = ok.max().max(shed.max()) as f64 / 1000.0;
+        outln!(
+            "slowest request {slowest:.1} ms (deadline {deadline_ms} ms + 100 ms = {} ms): {}",
+            deadline_ms + 100,
+            if slowest <= (deadline_ms + 100) as f64 { "within" } else { "OVER" }
+        );
+        outln!(
+            "503 without Retry-After: {no_retry}; other failures: {other}; /ping failures: {ping_failed}"
+        );
+        anyhow::Ok(())
+    })?;
+    match peak_rss_mib(pid) {
+        Some(mib) => outln!("server peak RSS (VmHWM): {mib:.0} MiB"),
+        None => outln!("server peak RSS: unavailable (no /proc)"),
+    }
+    Ok(())
+}
+
+/// `reload`: load for `seconds` while production moves to another release
+/// half-way through.
+fn reload(opts: &ServeBench) -> Result<()> {
+    let store = lineage::open_store(&opts.artifacts)?;
+    let releases = lineage::Releases::new(store.as_ref(), None);
+    let current = releases
+        .production()?
+        .with_context(|| format!("no production release in {}", opts.artifacts))?;
+    let target = releases
+        .list()?
+        .into_iter()
+        .rev()
+        .find(|r| r.id != current.release)
+        .context("the reload bench needs a second release to promote (run the pipeline again with another seed)")?;
+    let products = Arc::new(top_products(&opts.artifacts, 50)?);
+    let interval = format!("{}", opts.reload_interval_secs);
+    let bench = start(opts, &["--reload-interval-secs", &interval])?;
+    outln!(
+        "reload bench: {} clients for {} s, pointer checked every {interval} s; release {} -> {} half-way",
+        opts.concurrency,
+        opts.seconds,
+        current.release,
+        target.id
+    );
+    let (client, base) = (bench.client.clone(), bench.base.clone());
+    let (concurrency, seconds) = (opts.concurrency, opts.seconds);
+    let new_release = target.id.clone();
+    let artifacts = opts.artifacts.clone();
+    bench.rt.block_on(async move {
+        let started = Instant::now();
+        let end = started + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for w in 0..concurrency {
+            let client = client.clone();
+            let base = base.clone();
+            let products = products.clone();
+            let new_release = new_release.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3)?;
+                let (mut failed, mut n) = (0u64, 0u64);
+                let mut first_new: Option<Duration> = None;
+                let mut last_old: Option<Duration> = None;
+                let mut i = w;
+                while Instant::now() < end {
+                    // Mostly cached requests, with an uncached one in ten.
+                    let bins = if i % 10 == 0 { 100 + i % 500 } else { 100 };
+                    let uri = format!(
+                        "{base}/v1/predict-price/{}?num_price_bins={bins}",
+                        products[i % products.len()]
+                    );
+                    i += concurrency;
+                    let t = Instant::now();
+                    match fetch_answer(&client, &uri, false).await {
+                        Ok(a) if a.status == 200 => {
+                            h.record(micros(t.elapsed()))?;
+                            let at = t.duration_since(started);
+                            if a.release == new_release {
+                                first_new = Some(first_new.map_or(at, |f| f.min(at)));
+                            } else {
+                                last_old = Some(last_old.map_or(at, |l| l.max(at)));
+                            }
+                        }
+                        _ => failed += 1,
+                    }
+                    n += 1;
+                }
+                anyhow::Ok((h, failed, n, first_new, last_old))
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(seconds) / 2).await;
+        let promoted_at = started.elapsed();
+        let store_uri = artifacts.clone();
+        let promoted = tokio::task::spawn_blocking(move || -> Result<()> {
+            let store = lineage::open_store(&store_uri)?;
+            pipeline::promote(store.as_ref(), None, &target.id, "reload bench")?;
+            Ok(())
+        });
+        promoted.await??;
+        let promote_took = started.elapsed() - promoted_at;
+        let mut total = Histogram::<u64>::new(3)?;
+        let (mut failed, mut n) = (0, 0);
+        let mut first_new: Option<Duration> = None;
+        let mut last_old: Option<Duration> = None;
+        for t in tasks {
+            let (h, f, c, fnew, lold) = t.await??;
+            total.add(&h)?;
+            failed += f;
+            n += c;
+            first_new = match (first_new, fnew) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            last_old = match (last_old, lold) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        report(&format!("{concurrency} conns, across the swap"), &total, Duration::from_secs(seconds))?;
+        outln!("requests {n}, failed {failed}");
+        outln!(
+            "promoted at {:.2} s (the promote took {:.0} ms); first answer from the new release at {}; last from the old at {}",
+            promoted_at.as_secs_f64(),
+            promote_took.as_secs_f64() * 1000.0,
+            first_new.map_or("never".into(), |d| format!("{:.2} s (+{:.2} s)", d.as_secs_f64(), d.as_secs_f64() - promoted_at.as_secs_f64())),
+            last_old.map_or("never".into(), |d| format!("{:.2} s (+{:.2} s)", d.as_secs_f64(), d.as_secs_f64() - promoted_at.as_secs_f64())),
+        );
+        if failed > 0 {
+            bail!("{failed} requests failed across the swap");
+        }
+        anyhow::Ok(())
+    })?;
+    // Leave production where it was.
+    pipeline::promote(
+        store.as_ref(),
+        None,
+        &current.release,
+        "reload bench: restore",
+    )?;
+    Ok(())
 }

@@ -236,7 +236,7 @@ enum Command {
         /// `serve`: duration of the cached throughput phase in seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// `serve`: concurrent connections in the throughput phase.
+        /// `serve`: concurrent connections (throughput phase; overload: clients).
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// `serve`: uncached (sequential) requests.
@@ -245,6 +245,17 @@ enum Command {
         /// `serve`: use this Redis as the cache instead of the in-process one.
         #[arg(long)]
         redis_url: Option<String>,
+        /// `serve`: `latency`, `overload` (200 clients, uncached 1000-bin
+        /// requests, /ping probed) or `reload` (promote another release
+        /// under load).
+        #[arg(long, default_value = "latency")]
+        mode: String,
+        /// `serve --mode reload`: the server's pointer check interval, seconds.
+        #[arg(long, default_value_t = 1.0)]
+        reload_interval_secs: f64,
+        /// `serve --mode overload`: candidate prices per request.
+        #[arg(long, default_value_t = 1000)]
+        bins: usize,
         /// Dataset (default: `data.raw` in params).
         #[arg(long)]
         raw: Option<PathBuf>,
@@ -331,6 +342,9 @@ fn run(command: Command) -> Result<()> {
             concurrency,
             requests,
             redis_url,
+            mode,
+            reload_interval_secs,
+            bins,
             raw,
             runs,
             until,
@@ -343,6 +357,9 @@ fn run(command: Command) -> Result<()> {
                 seconds,
                 concurrency: concurrency.max(1),
                 redis_url,
+                mode,
+                reload_interval_secs,
+                bins,
             }),
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },

@@ -357,13 +357,7 @@ fn an_s3_lease_blocks_a_second_holder_and_lapses_when_its_holder_dies() {
 
     // A holder that died without releasing: its lease names it until it lapses.
     let mut dead = lineage::LockHolder::current("crashed run");
-    dead.expires_at_unix = Some(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 2,
-    );
+    dead.expires_at_unix_ms = Some(lineage::runlock::now_unix_ms() + 2000);
     store
         .put(lineage::LEASE_KEY, &serde_json::to_vec(&dead).unwrap())
         .unwrap();
@@ -372,10 +366,11 @@ fn an_s3_lease_blocks_a_second_holder_and_lapses_when_its_holder_dies() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("crashed run"), "{err}");
-    std::thread::sleep(Duration::from_millis(3100));
+    std::thread::sleep(Duration::from_millis(2100));
     let taken = store.lock("next", Duration::from_secs(60)).unwrap();
     assert_eq!(taken.holder().command, "next");
-    // A live holder renews: with a 1 s lease, it still holds after 3 s.
+    // A live holder renews (every third of its lease): with a 1 s lease, it
+    // still holds after 3 s.
     drop(taken);
     let live = store.lock("renewing", Duration::from_secs(1)).unwrap();
     std::thread::sleep(Duration::from_millis(3000));

@@ -5,11 +5,10 @@ use std::collections::BTreeMap;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::NaiveDateTime;
-use polars::prelude::*;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::read::{Column, RawTable};
+use crate::read::{Column, RawTable, TextColumn};
 use crate::{EtlError, Result, Transactions};
 
 /// Parameters of the etl stage (`[etl]` in params.toml).
@@ -304,31 +303,39 @@ struct DateColumn {
     format: &'static str,
 }
 
-fn parse_dates(raw: &RawTable, col: &StringChunked) -> Result<DateColumn> {
-    let mut best: Option<(usize, usize, &'static str)> = None; // (parsed, first_bad_row, format)
+/// The first format in [`DATE_FORMATS`] that parses every row (each distinct
+/// value is parsed once); otherwise an error at the row where the format
+/// that got furthest failed.
+fn parse_dates(raw: &RawTable, col: &TextColumn) -> Result<DateColumn> {
+    let mut best: Option<(usize, &'static str)> = None; // (first bad row, format)
     for format in DATE_FORMATS {
-        let mut values = Vec::with_capacity(col.len());
-        let mut bad: Option<usize> = None;
-        for (i, v) in col.iter().enumerate() {
-            match v.and_then(|s| parse_date(s, format)) {
-                Some(t) => values.push(t),
-                None => {
-                    bad = Some(i);
-                    break;
-                }
+        let parsed: Vec<Option<i64>> = col
+            .distinct()
+            .iter()
+            .map(|v| parse_date(v, format))
+            .collect();
+        match col
+            .ids()
+            .iter()
+            .position(|&id| parsed[id as usize].is_none())
+        {
+            None => {
+                let values = col
+                    .ids()
+                    .iter()
+                    .map(|&id| parsed[id as usize].unwrap_or_default())
+                    .collect();
+                return Ok(DateColumn { values, format });
             }
-        }
-        match bad {
-            None => return Ok(DateColumn { values, format }),
             Some(row) => {
-                if best.is_none_or(|(n, _, _)| row > n) {
-                    best = Some((row, row, format));
+                if best.is_none_or(|(n, _)| row > n) {
+                    best = Some((row, format));
                 }
             }
         }
     }
-    let (_, row, _) = best.unwrap_or((0, 0, DATE_FORMATS[0]));
-    let value = col.get(row).unwrap_or("");
+    let (row, _) = best.unwrap_or((0, DATE_FORMATS[0]));
+    let value = if col.is_empty() { "" } else { col.get(row) };
     Err(raw.field_error(
         row,
         Column::InvoiceDate,
@@ -340,13 +347,18 @@ fn parse_dates(raw: &RawTable, col: &StringChunked) -> Result<DateColumn> {
     ))
 }
 
-fn required_str(raw: &RawTable, column: Column) -> Result<&StringChunked> {
-    raw.strings(column)?.ok_or_else(|| EtlError::MissingColumn {
+fn required_str(raw: &RawTable, column: Column) -> Result<&TextColumn> {
+    raw.strings(column).ok_or_else(|| EtlError::MissingColumn {
         file: raw.file.clone(),
         column: column.name(),
         accepted: column.aliases().join(", "),
         found: String::new(),
     })
+}
+
+/// `parse` applied to each distinct value of a column once.
+fn per_distinct<T>(col: &TextColumn, parse: impl Fn(&str) -> T) -> Vec<T> {
+    col.distinct().iter().map(|v| parse(v)).collect()
 }
 
 /// Validates every field, drops non-sales rows and returns the typed table
@@ -361,8 +373,6 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         .iter()
         .map(|s| s.as_str())
         .collect();
-    // Product-code decisions, cached per distinct code (a few thousand).
-    let mut is_product: FxHashMap<&str, bool> = FxHashMap::default();
 
     let n = raw.height();
     let invoice = required_str(raw, Column::InvoiceNo)?;
@@ -370,11 +380,19 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     let qty_s = required_str(raw, Column::Quantity)?;
     let price_s = required_str(raw, Column::UnitPrice)?;
     let date_s = required_str(raw, Column::InvoiceDate)?;
-    let desc_s = raw.strings(Column::Description)?;
-    let cust_s = raw.strings(Column::CustomerId)?;
-    let country_s = raw.strings(Column::Country)?;
+    let desc_s = raw.strings(Column::Description);
+    let cust_s = raw.strings(Column::CustomerId);
+    let country_s = raw.strings(Column::Country);
 
     let dates = parse_dates(raw, date_s)?;
+    // Work per distinct value, not per row.
+    let quantities = per_distinct(qty_s, parse_integral);
+    let prices = per_distinct(price_s, parse_price);
+    let customers = cust_s.map(|c| per_distinct(c, |t| parse_integral(t.trim())));
+    let is_product = per_distinct(stock, |sc| {
+        let sc = sc.trim();
+        !excluded.contains(sc) && pattern.is_match(sc)
+    });
 
     let mut report = EtlReport {
         rows_in: n as u64,
@@ -394,61 +412,62 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     let mut keep_cust: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut keep_country: Vec<&str> = Vec::with_capacity(n);
 
-    let mut desc_iter = desc_s.map(|c| c.iter());
-    let mut cust_iter = cust_s.map(|c| c.iter());
-    let mut country_iter = country_s.map(|c| c.iter());
-
-    for (row, (((inv, sc), q), p)) in invoice
-        .iter()
-        .zip(stock.iter())
-        .zip(qty_s.iter())
-        .zip(price_s.iter())
-        .enumerate()
-    {
-        let desc = desc_iter.as_mut().and_then(|it| it.next().flatten());
-        let cust = cust_iter.as_mut().and_then(|it| it.next().flatten());
-        let country = country_iter.as_mut().and_then(|it| it.next().flatten());
-
-        let inv = inv
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| raw.field_error(row, Column::InvoiceNo, "", "empty invoice number"))?;
-        let sc = sc
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| raw.field_error(row, Column::StockCode, "", "empty stock code"))?;
-        let q_text = q.unwrap_or("");
-        let qty = parse_integral(q_text).ok_or_else(|| {
-            raw.field_error(row, Column::Quantity, q_text, "not an integer quantity")
+    for row in 0..n {
+        let inv = invoice.get(row).trim();
+        if inv.is_empty() {
+            return Err(raw.field_error(row, Column::InvoiceNo, "", "empty invoice number"));
+        }
+        let stock_id = stock.ids()[row] as usize;
+        let sc = stock.get(row).trim();
+        if sc.is_empty() {
+            return Err(raw.field_error(row, Column::StockCode, "", "empty stock code"));
+        }
+        let qty = quantities[qty_s.ids()[row] as usize].ok_or_else(|| {
+            raw.field_error(
+                row,
+                Column::Quantity,
+                qty_s.get(row),
+                "not an integer quantity",
+            )
         })?;
-        let p_text = p.unwrap_or("");
-        let price = parse_price(p_text).ok_or_else(|| {
-            raw.field_error(row, Column::UnitPrice, p_text, "not a finite number")
+        let price = prices[price_s.ids()[row] as usize].ok_or_else(|| {
+            raw.field_error(
+                row,
+                Column::UnitPrice,
+                price_s.get(row),
+                "not a finite number",
+            )
         })?;
-
-        let customer = match cust.map(str::trim) {
-            None | Some("") => {
+        let customer = match (cust_s, &customers) {
+            (Some(c), Some(parsed)) => {
+                if c.get(row).trim().is_empty() {
+                    *issues.entry("customer_id:missing".into()).or_default() += 1;
+                    None
+                } else {
+                    let v = parsed[c.ids()[row] as usize];
+                    if v.is_none() {
+                        *issues.entry("customer_id:unparsable".into()).or_default() += 1;
+                    }
+                    v
+                }
+            }
+            _ => {
                 *issues.entry("customer_id:missing".into()).or_default() += 1;
                 None
             }
-            Some(t) => match parse_integral(t) {
-                Some(v) => Some(v),
-                None => {
-                    *issues.entry("customer_id:unparsable".into()).or_default() += 1;
-                    None
-                }
-            },
         };
-        let country = match country.map(str::trim) {
+        let country = match country_s.map(|c| c.get(row).trim()) {
             None | Some("") => {
                 *issues.entry("country:missing".into()).or_default() += 1;
                 "Unspecified"
             }
             Some(c) => c,
         };
-        if desc.is_none_or(|d| d.trim().is_empty()) {
+        let desc = desc_s.map(|d| d.get(row).trim()).filter(|d| !d.is_empty());
+        if desc.is_none() {
             *issues.entry("description:missing".into()).or_default() += 1;
         }
+        let ts = dates.values[row];
 
         let reason = if inv.starts_with(['C', 'c']) {
             Some(DropReason::Cancellation)
@@ -456,16 +475,13 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             Some(DropReason::NonPositiveQuantity)
         } else if price <= 0.0 {
             Some(DropReason::NonPositivePrice)
-        } else if !(date_lo..date_hi).contains(&dates.values[row]) {
+        } else if !(date_lo..date_hi).contains(&ts) {
             Some(DropReason::DateOutOfRange)
         } else if qty > params.max_quantity {
             Some(DropReason::QuantityOutOfRange)
         } else if price > params.max_unit_price {
             Some(DropReason::PriceOutOfRange)
-        } else if !*is_product
-            .entry(sc)
-            .or_insert_with(|| !excluded.contains(sc) && pattern.is_match(sc))
-        {
+        } else if !is_product[stock_id] {
             *non_product.entry(sc).or_default() += 1;
             Some(DropReason::NonProductCode)
         } else {
@@ -477,9 +493,9 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         }
         keep_invoice.push(inv);
         keep_stock.push(sc);
-        keep_desc.push(desc.map(str::trim));
+        keep_desc.push(desc);
         keep_qty.push(qty);
-        keep_ts.push(dates.values[row]);
+        keep_ts.push(ts);
         keep_price.push(price);
         keep_cust.push(customer);
         keep_country.push(country);

@@ -24,7 +24,7 @@ pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
 pub use read::{
-    Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, read_raw_bytes, read_raw_file,
+    Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, TextColumn, read_raw_bytes, read_raw_file,
     read_raw_file_limited,
 };
 pub use transactions::{SCHEMA, Transactions, TxView, read_parquet, write_parquet};

@@ -231,3 +231,95 @@ fn a_parquet_file_with_another_schema_is_refused() {
         Err(EtlError::Schema(_))
     ));
 }
+
+#[test]
+fn implausible_dates_prices_and_quantities_are_dropped_and_counted() {
+    let row = |date: &str, qty: &str, price: &str| {
+        format!("536370,22728,ALARM CLOCK,{qty},{date},{price},12583,France\n")
+    };
+    let csv = format!(
+        "{HEADER}{GOOD}{}{}{}{}{}{GOOD}",
+        row("+200000-01-01 08:26:00", "6", "2.55"),
+        row("1899-12-31 23:59:00", "6", "2.55"),
+        row("2011-01-01 08:00:00", "6", "1e300"),
+        row("2011-01-01 08:00:00", "6", "100000.01"),
+        row("2011-01-01 08:00:00", "1000001", "2.55"),
+    );
+    let (tx, report) = parse(&csv).unwrap();
+    assert_eq!(tx.len(), 2, "only the two good rows are kept");
+    assert_eq!(report.dropped["date_out_of_range"], 2, "{report:?}");
+    assert_eq!(report.dropped["price_out_of_range"], 2, "{report:?}");
+    assert_eq!(report.dropped["quantity_out_of_range"], 1, "{report:?}");
+    assert_eq!(report.date_max, "2010-12-01 08:26:00");
+    // The bounds are parameters.
+    let raw = read_raw_bytes(csv.as_bytes(), "export.csv").unwrap();
+    let wide = EtlParams {
+        min_date: "1800-01-01".into(),
+        max_unit_price: 1e301,
+        ..EtlParams::default()
+    };
+    let (_, report) = clean(&raw, &wide).unwrap();
+    assert_eq!(report.dropped["date_out_of_range"], 1);
+    assert_eq!(report.dropped["price_out_of_range"], 0);
+    // Non-finite prices are not numbers at all: a clear error naming the field.
+    let err = parse(&format!(
+        "{HEADER}{GOOD}{}",
+        row("2011-01-01 08:00:00", "6", "inf")
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("line 3") && err.contains("UnitPrice"), "{err}");
+    // Bad bounds are a clear error before any row is read.
+    let bad = EtlParams {
+        max_date: "1980-01-01".into(),
+        ..EtlParams::default()
+    };
+    let err = clean(&raw, &bad).unwrap_err().to_string();
+    assert!(
+        err.contains("min_date") && err.contains("max_date"),
+        "{err}"
+    );
+}
+
+#[test]
+fn decompressed_input_is_bounded() {
+    use std::io::Write;
+    let data = generate(&SynthConfig {
+        n_invoices: 200,
+        ..Default::default()
+    });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data.csv.as_bytes()).unwrap();
+    // A gzip bomb in miniature: a megabyte of zeros after the data.
+    gz.write_all(&vec![b'0'; 1 << 20]).unwrap();
+    let bytes = gz.finish().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.csv.gz");
+    std::fs::write(&path, &bytes).unwrap();
+    let limit = data.csv.len() as u64 + 1000;
+    match etl::read_raw_file_limited(&path, limit).unwrap_err() {
+        EtlError::TooLarge { file, max_bytes } => {
+            assert!(file.ends_with("bomb.csv.gz"));
+            assert_eq!(max_bytes, limit);
+        }
+        other => panic!("expected TooLarge, got {other}"),
+    }
+    // A plain file over the bound is refused before it is read.
+    let plain = dir.path().join("big.csv");
+    std::fs::write(&plain, &data.csv).unwrap();
+    assert!(matches!(
+        etl::read_raw_file_limited(&plain, 100),
+        Err(EtlError::TooLarge { .. })
+    ));
+    // Within the bound both read.
+    let gz_ok = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data.csv.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    std::fs::write(&path, gz_ok).unwrap();
+    assert_eq!(
+        etl::read_raw_file_limited(&path, limit).unwrap().height(),
+        data.rows
+    );
+}

@@ -29,9 +29,10 @@ pub struct LockHolder {
     pub since_unix: u64,
     /// A random token telling this holder apart from a later one.
     pub token: String,
-    /// S3 leases: when the lease lapses unless renewed.
+    /// S3 leases: when the lease lapses unless renewed (milliseconds since
+    /// the Unix epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at_unix: Option<u64>,
+    pub expires_at_unix_ms: Option<u64>,
 }
 
 impl LockHolder {
@@ -56,7 +57,7 @@ impl LockHolder {
             host,
             since_unix: now.as_secs(),
             token,
-            expires_at_unix: None,
+            expires_at_unix_ms: None,
         }
     }
 
@@ -81,6 +82,14 @@ pub(crate) fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::runlock::{LocalLock, LockHolder, Release, RunLock, now_unix};
+use crate::runlock::{LocalLock, LockHolder, Release, RunLock, now_unix_ms};
 use crate::{LineageError, Result, content_hash};
 
 /// Where pipeline artifacts live. Keys are relative, `/`-separated paths
@@ -317,6 +317,10 @@ impl ArtifactStore for LocalStore {
 /// The file a local store's run lock lives in (hidden from [`ArtifactStore::list`]).
 const LOCAL_LOCK_FILE: &str = ".run.lock";
 
+fn lease_ms(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
 /// Key of the S3 run lease.
 pub const LEASE_KEY: &str = "locks/run.json";
 
@@ -564,7 +568,7 @@ impl S3Store {
     fn acquire_lease(&self, holder: &LockHolder, lease: Duration) -> Result<String> {
         for _ in 0..5 {
             let mut mine = holder.clone();
-            mine.expires_at_unix = Some(now_unix() + lease.as_secs().max(1));
+            mine.expires_at_unix_ms = Some(now_unix_ms() + lease_ms(lease));
             let body = serde_json::to_vec(&mine).unwrap_or_default();
             if let Conditional::Written(etag) = self.put_conditional(LEASE_KEY, &body, None)? {
                 return Ok(etag);
@@ -575,7 +579,7 @@ impl S3Store {
             let existing: Option<LockHolder> = serde_json::from_slice(&bytes).ok();
             let expired = existing
                 .as_ref()
-                .is_none_or(|h| h.expires_at_unix.is_none_or(|t| t <= now_unix()));
+                .is_none_or(|h| h.expires_at_unix_ms.is_none_or(|t| t <= now_unix_ms()));
             if !expired {
                 return Err(locked_error(self.location(), existing));
             }
@@ -783,7 +787,7 @@ impl ArtifactStore for S3Store {
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every)
             {
                 let mut body = renewing.clone();
-                body.expires_at_unix = Some(now_unix() + lease.as_secs().max(1));
+                body.expires_at_unix_ms = Some(now_unix_ms() + lease_ms(lease));
                 let bytes = serde_json::to_vec(&body).unwrap_or_default();
                 match store.put_conditional(LEASE_KEY, &bytes, Some(&etag)) {
                     Ok(Conditional::Written(new)) => etag = new,

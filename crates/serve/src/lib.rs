@@ -376,7 +376,13 @@ impl App {
                     computing.recommend_until(&request, Some(deadline))
                 })
                 .await
-                .map_err(|e| ApiError::internal(format!("recommendation task failed: {e}")))??;
+                .map_err(|e| ApiError::internal(format!("recommendation task failed: {e}")))?
+                .map_err(|e| match e {
+                    RecommendError::DeadlineExceeded => {
+                        ApiError::deadline(inner.config.request_timeout)
+                    }
+                    e => e.into(),
+                })?;
                 let rec = Arc::new(rec);
                 if cache.enabled() {
                     let cache = inner.cache.clone();
@@ -428,6 +434,13 @@ impl ApiError {
             parameter: Some(parameter.to_string()),
             ..Self::new(status, message)
         }
+    }
+
+    fn deadline(limit: Duration) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the request took longer than {} ms", limit.as_millis()),
+        )
     }
 
     fn overloaded(retry_after_secs: u64) -> Self {
@@ -518,7 +531,9 @@ async fn health(State(app): State<App>) -> Response {
                 "computing": admission.running(),
                 "max_concurrent": limits.max_concurrent,
                 "max_waiting": limits.max_waiting,
+                "computed_total": admission.admitted_count(),
                 "shed_total": admission.shed_count(),
+                "joined_total": app.inner.flights.joined_count(),
             },
         })),
     )
@@ -647,10 +662,6 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
 async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the request took longer than {} ms", limit.as_millis()),
-        )
-        .into_response(),
+        Err(_) => ApiError::deadline(limit).into_response(),
     }
 }

@@ -43,6 +43,7 @@ pub struct Admission {
     waiting: AtomicUsize,
     limits: WorkLimits,
     shed: AtomicU64,
+    admitted: AtomicU64,
 }
 
 /// Decrements the waiting count when a waiter leaves (admitted, or dropped at
@@ -63,6 +64,7 @@ impl Admission {
             waiting: AtomicUsize::new(0),
             limits,
             shed: AtomicU64::new(0),
+            admitted: AtomicU64::new(0),
         }
     }
 
@@ -76,6 +78,11 @@ impl Admission {
         self.shed.load(Ordering::Relaxed)
     }
 
+    /// Computations admitted so far.
+    pub fn admitted_count(&self) -> u64 {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
     /// Computations running now.
     pub fn running(&self) -> usize {
         self.limits.max_concurrent.max(1) - self.permits.available_permits()
@@ -86,6 +93,12 @@ impl Admission {
     /// The wait is bounded by the caller's deadline (dropping the future
     /// leaves the queue).
     pub async fn admit(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
+        let permit = self.wait_for_slot().await?;
+        self.admitted.fetch_add(1, Ordering::Relaxed);
+        Ok(permit)
+    }
+
+    async fn wait_for_slot(&self) -> Result<OwnedSemaphorePermit, Overloaded> {
         if let Ok(permit) = self.permits.clone().try_acquire_owned() {
             return Ok(permit);
         }
