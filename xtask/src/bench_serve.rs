@@ -115,8 +115,15 @@ fn report(label: &str, h: &Histogram<u64>, wall: Duration) -> Result<()> {
     Ok(())
 }
 
-/// The release `serve` binary, built if needed.
+/// The release `serve` binary: the one built beside this `xtask` (one cargo
+/// invocation for both keeps their features unified), else built now.
 fn serve_binary() -> Result<PathBuf> {
+    if let Ok(me) = std::env::current_exe() {
+        let beside = me.with_file_name("serve");
+        if beside.exists() {
+            return Ok(beside);
+        }
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(["build", "--release", "--quiet", "-p", "serve"])

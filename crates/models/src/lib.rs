@@ -35,6 +35,7 @@ mod mlp;
 #[cfg(feature = "torch")]
 mod mlp_train;
 mod registry;
+pub mod response;
 mod svr;
 mod train;
 

@@ -477,8 +477,19 @@ impl From<RecommendError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = %self.status, "{}", self.message);
+        // Shed requests are expected under load and counted in /health;
+        // a missed deadline is a load symptom; other 5xx are faults.
+        match (self.status, self.retry_after) {
+            (StatusCode::SERVICE_UNAVAILABLE, Some(_)) => {
+                tracing::debug!(status = %self.status, "{}", self.message);
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, None) => {
+                tracing::warn!(status = %self.status, "{}", self.message);
+            }
+            (status, _) if status.is_server_error() => {
+                tracing::error!(status = %self.status, "{}", self.message);
+            }
+            _ => {}
         }
         let body = ErrorBody {
             error: &self.message,
