@@ -216,3 +216,85 @@ async fn answers_name_their_release_and_carry_only_finite_numbers() {
     assert_eq!(health["release"], release.as_str());
     assert_eq!(health["status"], "ok");
 }
+
+/// Serves the fixture's app with these limits until the sender is dropped.
+async fn spawn_server(
+    limits: serve::ServerLimits,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let app = App::load(&config()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve::serve(listener, app.router(), limits, async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off_and_connections_are_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A client that starts its headers and never finishes them is closed.
+    let (addr, stop, server) = spawn_server(serve::ServerLimits {
+        header_read_timeout: Duration::from_millis(300),
+        max_connections: 16,
+        shutdown_grace: Duration::from_secs(1),
+    })
+    .await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the slow connection was never closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stop);
+    server.await.unwrap().unwrap();
+
+    // Two open keep-alive connections take both slots: a third waits in the
+    // backlog until one closes.
+    let (addr, stop, server) = spawn_server(serve::ServerLimits {
+        header_read_timeout: Duration::from_secs(30),
+        max_connections: 2,
+        shutdown_grace: Duration::from_secs(1),
+    })
+    .await;
+    let request = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut b = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await;
+        assert!(n.is_ok_and(|r| r.is_ok_and(|n| n > 0)));
+        open.push(s);
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let mut b3 = [0u8; 256];
+    let early = tokio::time::timeout(Duration::from_millis(400), third.read(&mut b3)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served while two held the slots"
+    );
+    drop(open.pop());
+    let late = tokio::time::timeout(Duration::from_secs(3), third.read(&mut b3)).await;
+    assert!(
+        late.is_ok_and(|r| r.is_ok_and(|n| n > 0)),
+        "the third connection was not served once a slot freed"
+    );
+    drop(open);
+    drop(third);
+    drop(stop);
+    server.await.unwrap().unwrap();
+}

@@ -184,3 +184,22 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An S3 store opened, used and dropped on a tokio worker thread: the
+/// blocking client must neither panic ("cannot start a runtime from within a
+/// runtime") nor block the caller's runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_store_works_inside_an_async_context() {
+    let server = S3TestServer::start("asyncbkt").unwrap();
+    let store = server.store("asyncbkt", "p").unwrap();
+    store.put("a/b.txt", b"hello").unwrap();
+    assert_eq!(store.get("a/b.txt").unwrap(), b"hello");
+    assert_eq!(store.list("a/").unwrap(), vec!["a/b.txt".to_string()]);
+    let lock = store
+        .lock("async test", std::time::Duration::from_secs(30))
+        .unwrap();
+    drop(lock);
+    drop(store);
+    // The runtime is still healthy.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
