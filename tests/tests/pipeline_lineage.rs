@@ -59,13 +59,13 @@ fn second_run_skips_every_stage() {
     let p = fast_params();
     assert_eq!(
         ran(&run(&store, &raw, &p)),
-        vec!["etl", "features", "split", "models", "gate"]
+        vec!["etl", "features", "split", "models", "response", "gate"]
     );
     assert!(ran(&run(&store, &raw, &p)).is_empty());
     let lock = LockFile::load(&store).unwrap();
     assert_eq!(
         lock.stages.keys().collect::<Vec<_>>(),
-        vec!["etl", "features", "gate", "models", "split"]
+        vec!["etl", "features", "gate", "models", "response", "split"]
     );
     assert_eq!(
         lock.stages["split"].params["preprocess.scaling"],
@@ -91,10 +91,14 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     p.set("gate.attribution_permutations", 4).unwrap();
     assert_eq!(ran(&run(&store, &raw, &p)), vec!["gate"]);
 
+    // A response param re-runs the response and the gate.
+    p.set("response.level_weeks", 6).unwrap();
+    assert_eq!(ran(&run(&store, &raw, &p)), vec!["response", "gate"]);
+
     p.set("split.train_fraction", 0.6).unwrap();
     assert_eq!(
         ran(&run(&store, &raw, &p)),
-        vec!["features", "split", "models", "gate"]
+        vec!["features", "split", "models", "response", "gate"]
     );
 
     // etl re-runs, but its output is byte-identical (no such code in the data),
@@ -110,7 +114,10 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     p.set("etl.product_code_pattern", "^20[0-9]{3}[AB]$")
         .unwrap();
     let r = run(&store, &raw, &p);
-    assert_eq!(ran(&r), vec!["etl", "features", "split", "models", "gate"]);
+    assert_eq!(
+        ran(&r),
+        vec!["etl", "features", "split", "models", "response", "gate"]
+    );
 }
 
 #[test]
@@ -189,6 +196,7 @@ fn a_stockcode_run_writes_its_own_artifacts() {
             (format!("features@{code}"), true),
             (format!("split@{code}"), true),
             (format!("models@{code}"), true),
+            (format!("response@{code}"), true),
             (format!("gate@{code}"), true)
         ]
     );
@@ -246,7 +254,7 @@ fn runs_are_deterministic_and_identical_on_local_and_s3_stores() {
 
     let server = S3TestServer::start("pipeline").unwrap();
     let s3 = server.store("pipeline", "runs/1").unwrap();
-    assert_eq!(ran(&run(&s3, &raw, &fast_params())).len(), 5);
+    assert_eq!(ran(&run(&s3, &raw, &fast_params())).len(), 6);
     assert_eq!(outs(&s3), outs(&a));
     assert!(
         ran(&run(&s3, &raw, &fast_params())).is_empty(),
@@ -255,7 +263,7 @@ fn runs_are_deterministic_and_identical_on_local_and_s3_stores() {
     let metrics = pipeline::metrics(&s3).unwrap();
     assert_eq!(
         metrics.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(),
-        vec!["etl", "features", "gate", "models", "split"]
+        vec!["etl", "features", "gate", "models", "response", "split"]
     );
 }
 

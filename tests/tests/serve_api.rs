@@ -73,19 +73,25 @@ async fn v1_returns_the_original_rows_with_one_optimal_price_in_the_grid() {
         optimal.windows(2).all(|w| w[0] == w[1]),
         "one optimal price"
     );
-    let best = rows
+    // The recommendation is one of the rows (the price whose uplift over
+    // the current price is best at the response's decision quantile), and
+    // `max_predicted_sales` is that row's predicted sales.
+    let chosen = rows
         .iter()
-        .max_by(|a, b| {
-            a["predicted_sales"]
-                .as_f64()
-                .unwrap()
-                .total_cmp(&b["predicted_sales"].as_f64().unwrap())
-        })
-        .unwrap();
-    assert_eq!(best["unit_price"].as_f64(), Some(optimal[0]));
+        .find(|r| r["unit_price"].as_f64() == Some(optimal[0]))
+        .unwrap_or_else(|| panic!("the optimal price {} is not a row", optimal[0]));
     assert_eq!(
-        best["predicted_sales"].as_f64(),
+        chosen["predicted_sales"].as_f64(),
         rows[0]["max_predicted_sales"].as_f64()
+    );
+    // The curve is weekly demand (the default basis) and never rises with price.
+    let quantities: Vec<f64> = rows
+        .iter()
+        .map(|r| r["quantity"].as_f64().unwrap())
+        .collect();
+    assert!(
+        quantities.windows(2).all(|w| w[1] <= w[0] + 1e-9),
+        "{quantities:?}"
     );
     let prices: Vec<f64> = rows
         .iter()
@@ -417,4 +423,115 @@ async fn library_answer_equals_the_api_answer() {
     )
     .await;
     assert_eq!(body, serde_json::to_value(rec.legacy_rows()).unwrap());
+}
+
+#[tokio::test]
+async fn every_served_curve_is_non_increasing_in_price() {
+    let app = default_app();
+    let recommender = app.recommender();
+    let data = serving_fixture().data();
+    let mut checked = 0;
+    for p in &data.products {
+        if !recommender.knows(&p.stock_code) {
+            continue;
+        }
+        for request in [
+            recommend::PriceRequest::new(p.stock_code.clone()).basis(recommend::Basis::Week),
+            recommend::PriceRequest::new(p.stock_code.clone()).basis(recommend::Basis::Line),
+            // Beyond the prices it sold at: extrapolated, still monotone.
+            recommend::PriceRequest::new(p.stock_code.clone())
+                .price_range(0.01, 200.0)
+                .bins(400),
+        ] {
+            let rec = recommender.recommend(&request).unwrap();
+            for w in rec.curve.windows(2) {
+                assert!(
+                    w[1].quantity <= w[0].quantity + 1e-9
+                        && w[1].weekly_units <= w[0].weekly_units + 1e-9
+                        && w[1].line_quantity <= w[0].line_quantity + 1e-9,
+                    "{}: demand rises from {} to {}",
+                    p.stock_code,
+                    w[0].unit_price,
+                    w[1].unit_price
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * data.products.len() / 2, "checked {checked}");
+}
+
+#[tokio::test]
+async fn v2_says_current_price_uplift_bounds_and_elasticity() {
+    let app = default_app();
+    let router = app.router();
+    let code = product();
+    let (status, _, rec) = call(
+        &router,
+        get(&format!("/v2/recommendation/{code}?num_price_bins=60")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rec}");
+    let current = rec["current_price"].as_f64().unwrap();
+    assert!(current > 0.0);
+    assert_eq!(rec["basis"], "week");
+    assert_eq!(rec["objective"], "revenue");
+    let e = &rec["elasticity"]["current"];
+    assert!(e["lo"].as_f64().unwrap() <= e["value"].as_f64().unwrap());
+    assert!(e["value"].as_f64().unwrap() <= e["hi"].as_f64().unwrap());
+    assert!(e["hi"].as_f64().unwrap() <= 0.0);
+    let u = &rec["uplift"]["absolute"];
+    assert!(u["lo"].as_f64().unwrap() <= u["hi"].as_f64().unwrap());
+    let band = &rec["band"];
+    assert_eq!(band["nominal"], 0.8);
+    for p in rec["curve"].as_array().unwrap() {
+        assert!(p["weekly_units_lo"].as_f64().unwrap() <= p["weekly_units"].as_f64().unwrap());
+        assert!(p["weekly_units"].as_f64().unwrap() <= p["weekly_units_hi"].as_f64().unwrap());
+    }
+
+    // Profit with a unit cost, a ±5 % bound on the change, 0.05 steps.
+    let (status, _, rec) = call(
+        &router,
+        get(&format!(
+            "/v2/recommendation/{code}?objective=profit&unit_cost={:.2}&max_change=0.05&price_ending=0.05",
+            current * 0.5
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rec}");
+    let price = rec["optimal_unit_price"].as_f64().unwrap();
+    assert!(
+        (price - current).abs() <= 0.05 * current + 1e-9,
+        "{price} vs {current}"
+    );
+    assert_eq!(((price * 100.0).round() as i64) % 5, 0, "{price}");
+    assert_eq!(rec["unit_cost_source"], "request");
+    for p in rec["curve"].as_array().unwrap() {
+        let (pr, profit) = (
+            p["unit_price"].as_f64().unwrap(),
+            p["weekly_profit"].as_f64().unwrap(),
+        );
+        let units = p["weekly_units"].as_f64().unwrap();
+        assert!((profit - (pr - current * 0.5) * units).abs() < 1e-6);
+    }
+    // A minimum margin above what the grid allows is a clear 400.
+    let (status, _, err) = call(
+        &router,
+        get(&format!(
+            "/v2/recommendation/{code}?unit_cost={:.2}&min_margin=0.9&unitprice_max={:.2}",
+            current,
+            current * 1.5
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(err["parameter"], "min_margin");
+    // Profit without any cost is a 400 naming the parameter.
+    let (status, _, err) = call(
+        &router,
+        get(&format!("/v2/recommendation/{code}?objective=profit")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(err["parameter"], "objective");
 }

@@ -198,15 +198,23 @@ async fn answers_name_their_release_and_carry_only_finite_numbers() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(headers["x-release"], release.as_str());
     assert_eq!(body["release"], release.as_str());
+    // A NaN serialises as null, so null is allowed only where a value may
+    // be absent: no unit cost known, no bound active, no grid edge.
+    const OPTIONAL: [&str; 5] = [
+        "weekly_profit",
+        "unit_cost",
+        "unit_cost_source",
+        "active_bound",
+        "at_grid_edge",
+    ];
     fn all_finite(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Null => false,
             serde_json::Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
             serde_json::Value::Array(a) => a.iter().all(all_finite),
-            serde_json::Value::Object(o) => o
-                .iter()
-                .filter(|(k, _)| k.as_str() != "failovers")
-                .all(|(_, v)| all_finite(v)),
+            serde_json::Value::Object(o) => o.iter().all(|(k, v)| {
+                k == "failovers" || (v.is_null() && OPTIONAL.contains(&k.as_str())) || all_finite(v)
+            }),
             _ => true,
         }
     }

@@ -48,6 +48,8 @@ pub struct ServeBench {
     pub reload_interval_secs: f64,
     /// `overload`: candidate prices per request.
     pub bins: usize,
+    /// The `serve` binary to run (default: the one beside this `xtask`).
+    pub serve_binary: Option<PathBuf>,
 }
 
 struct Server(Child);
@@ -166,7 +168,10 @@ struct Bench {
 }
 
 fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
-    let binary = serve_binary()?;
+    let binary = match &opts.serve_binary {
+        Some(b) => b.clone(),
+        None => serve_binary()?,
+    };
     let mut cmd = Command::new(&binary);
     cmd.args([
         "--artifacts",
@@ -229,7 +234,8 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         "latency" => latency(opts),
         "overload" => overload(opts),
         "reload" => reload(opts),
-        other => bail!("unknown serve bench mode `{other}` (latency, overload or reload)"),
+        "sweep" => sweep(opts),
+        other => bail!("unknown serve bench mode `{other}` (latency, overload, reload or sweep)"),
     }
 }
 
@@ -566,4 +572,75 @@ fn reload(opts: &ServeBench) -> Result<()> {
         "reload bench: restore",
     )?;
     Ok(())
+}
+
+/// `sweep`: `/v2` for every product of the production release: the share
+/// of curves that never rise with price, where the recommended price sits
+/// on the grid, and the latency. Uses only fields every server version
+/// answers (the curve's prices and quantities, the optimal price), so two
+/// versions can be compared with `--serve-binary`.
+fn sweep(opts: &ServeBench) -> Result<()> {
+    let products = top_products(&opts.artifacts, usize::MAX)?;
+    let bench = start(opts, &["--no-cache"])?;
+    let (client, base) = (bench.client.clone(), bench.base.clone());
+    let binary = opts.serve_binary.as_ref().map_or_else(
+        || "serve beside xtask".to_string(),
+        |b| b.display().to_string(),
+    );
+    bench.rt.block_on(async move {
+        let mut h = Histogram::<u64>::new(3)?;
+        let (mut monotone, mut lower, mut upper, mut interior, mut failed) = (0usize, 0, 0, 0, 0);
+        let mut rising: Vec<String> = Vec::new();
+        for code in &products {
+            let uri = format!("{base}/v2/recommendation/{code}");
+            let t = Instant::now();
+            let req = hyper::Request::get(&uri).body(Empty::<Bytes>::new())?;
+            let response = client.request(req).await?;
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await?.to_bytes();
+            h.record(micros(t.elapsed()))?;
+            if status != 200 {
+                failed += 1;
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&body)?;
+            let curve = v["curve"].as_array().cloned().unwrap_or_default();
+            let q: Vec<f64> = curve.iter().filter_map(|p| p["quantity"].as_f64()).collect();
+            let prices: Vec<f64> = curve.iter().filter_map(|p| p["unit_price"].as_f64()).collect();
+            if q.windows(2).all(|w| w[1] <= w[0] + 1e-9 * w[0].abs().max(1.0)) {
+                monotone += 1;
+            } else {
+                rising.push(code.clone());
+            }
+            let best = v["optimal_unit_price"].as_f64().unwrap_or(f64::NAN);
+            if prices.first() == Some(&best) {
+                lower += 1;
+            } else if prices.last() == Some(&best) {
+                upper += 1;
+            } else {
+                interior += 1;
+            }
+        }
+        let n = (monotone + rising.len()).max(1) as f64;
+        outln!("sweep of {} products with {binary}", products.len());
+        report("/v2, 100 prices, uncached, 1 conn", &h, Duration::from_secs(1))?;
+        outln!(
+            "curves never rising with price: {monotone} of {} ({:.1} %); failed requests: {failed}",
+            monotone + rising.len(),
+            100.0 * monotone as f64 / n
+        );
+        outln!(
+            "recommended price at the grid's lower edge {:.1} %, upper edge {:.1} %, interior {:.1} %",
+            100.0 * lower as f64 / n,
+            100.0 * upper as f64 / n,
+            100.0 * interior as f64 / n
+        );
+        if !rising.is_empty() {
+            outln!(
+                "rising curves (first 10): {}",
+                rising.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        anyhow::Ok(())
+    })
 }

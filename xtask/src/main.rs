@@ -35,6 +35,7 @@ macro_rules! outln {
     }};
 }
 
+mod backtest;
 mod bench_serve;
 
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
@@ -208,6 +209,28 @@ enum Command {
         #[arg(long)]
         stockcode: Option<String>,
     },
+    /// Score recommendations against synthetic markets with known demand
+    /// (share of the available uplift captured, per product and as medians).
+    Backtest {
+        /// Generator seeds.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        seeds: Vec<u64>,
+        /// Demand shapes (constant_elasticity, semi_log, kinked, saturating), or all.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        shapes: Vec<String>,
+        /// Products per market.
+        #[arg(long, default_value_t = 36)]
+        products: usize,
+        /// Weeks of sales per market.
+        #[arg(long, default_value_t = 52)]
+        weeks: u32,
+        /// Keep each market's data and store under this directory.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print JSON (per product) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the fault-injection suite (small synthetic data; also part of `cargo test`).
     Faults {
         /// Only the cases whose name contains this.
@@ -246,8 +269,9 @@ enum Command {
         #[arg(long)]
         redis_url: Option<String>,
         /// `serve`: `latency`, `overload` (200 clients, uncached 1000-bin
-        /// requests, /ping probed) or `reload` (promote another release
-        /// under load).
+        /// requests, /ping probed), `reload` (promote another release
+        /// under load) or `sweep` (/v2 for every product: monotone curves,
+        /// where optima sit).
         #[arg(long, default_value = "latency")]
         mode: String,
         /// `serve --mode reload`: the server's pointer check interval, seconds.
@@ -256,6 +280,9 @@ enum Command {
         /// `serve --mode overload`: candidate prices per request.
         #[arg(long, default_value_t = 1000)]
         bins: usize,
+        /// `serve`: the serve binary to run (default: the one built beside xtask).
+        #[arg(long)]
+        serve_binary: Option<PathBuf>,
         /// Dataset (default: `data.raw` in params).
         #[arg(long)]
         raw: Option<PathBuf>,
@@ -345,6 +372,7 @@ fn run(command: Command) -> Result<()> {
             mode,
             reload_interval_secs,
             bins,
+            serve_binary,
             raw,
             runs,
             until,
@@ -360,6 +388,7 @@ fn run(command: Command) -> Result<()> {
                 mode,
                 reload_interval_secs,
                 bins,
+                serve_binary,
             }),
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },
@@ -414,6 +443,32 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Faults { filter } => cmd_faults(filter.as_deref()),
+        Command::Backtest {
+            seeds,
+            shapes,
+            products,
+            weeks,
+            out,
+            json,
+        } => {
+            let shapes = if shapes.iter().any(|s| s == "all") {
+                etl::synth::market::DemandShape::ALL.to_vec()
+            } else {
+                shapes
+                    .iter()
+                    .map(|s| s.parse().map_err(anyhow::Error::msg))
+                    .collect::<Result<Vec<_>>>()?
+            };
+            backtest::run(&backtest::Backtest {
+                seeds,
+                shapes,
+                products: products.max(1),
+                weeks: weeks.max(8),
+                out,
+                json,
+            })?;
+            Ok(())
+        }
     }
 }
 

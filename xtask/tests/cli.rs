@@ -88,7 +88,7 @@ fn pipeline_runs_then_skips_and_reports() {
     let second = xtask(&["pipeline", "--raw", raw_s, "--out", out_s], dir.path());
     let stdout = text(&second.stdout);
     assert!(second.status.success());
-    assert_eq!(stdout.matches("skipped").count(), 6, "{stdout}"); // 5 rows + the total line
+    assert_eq!(stdout.matches("skipped").count(), 7, "{stdout}"); // 6 rows + the total line
     assert!(stdout.contains("production serves release"), "{stdout}");
     let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
     assert!(
@@ -332,4 +332,34 @@ fn drift_compares_two_exports_through_etl_and_features() {
         "{}",
         text(&missing.stderr)
     );
+}
+
+#[test]
+fn backtest_scores_recommendations_against_known_demand() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args([
+            "backtest",
+            "--seeds",
+            "1",
+            "--shapes",
+            "semi_log",
+            "--products",
+            "24",
+            "--json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let scores: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let market = &scores[0];
+    assert_eq!(market["products"], 24);
+    // Week basis: most of the available uplift; the line basis (which
+    // cannot see that price changes the number of orders) does worse.
+    let median = market["median"].as_f64().unwrap();
+    assert!(median >= 0.8, "week-basis median {median}");
+    assert!(market["median_line"].as_f64().unwrap() < median, "{market}");
+    assert!(market["median_profit"].as_f64().unwrap() >= 0.8, "{market}");
 }

@@ -230,7 +230,7 @@ fn sigkill_in_each_stage_leaves_production_serving_and_a_rerun_completes() {
     let pointer = std::fs::read(out.join("production.json")).unwrap();
     let raw = new_export(&scenario, 700);
 
-    for stage in ["etl", "features", "split", "models", "gate"] {
+    for stage in ["etl", "features", "split", "models", "response", "gate"] {
         let mut child = spawn_pipeline(&raw, &out, &[]);
         assert!(
             wait_for_stage(&mut child.0, stage),

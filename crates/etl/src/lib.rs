@@ -16,6 +16,7 @@
 //! ```
 
 mod clean;
+mod costs;
 mod read;
 pub mod synth;
 mod transactions;
@@ -23,6 +24,7 @@ mod transactions;
 pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
+pub use costs::read_unit_costs;
 pub use read::{
     Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, TextColumn, read_raw_bytes, read_raw_file,
     read_raw_file_limited,

@@ -39,6 +39,8 @@ pub struct ArtifactKeys {
     pub manifest: String,
     /// The gate's decision: which release it wrote and whether it promoted it.
     pub gate_decision: String,
+    /// Each product's price response.
+    pub response: String,
     /// The gate's JSON report.
     pub gate_report: String,
     /// The gate's HTML report.
@@ -68,6 +70,7 @@ impl ArtifactKeys {
             candidate: f("models", "candidate.json"),
             manifest: f("models", "manifest.json"),
             gate_decision: f("gate", "decision.json"),
+            response: f("response", "response.json"),
             gate_report: f("gate", "report.json"),
             gate_html: f("gate", "report.html"),
         }

@@ -28,6 +28,7 @@
 //! ```
 
 mod baseline;
+mod calibration;
 mod gbm;
 mod linear;
 mod metrics;
@@ -45,6 +46,7 @@ use ndarray::{Array1, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 pub use baseline::{BaselineModel, BaselineParams};
+pub use calibration::{Calibrated, GroupCalibration, calibrated_metrics};
 pub use features::DesignMatrix;
 pub use gbm::{GbmModel, GbmParams};
 pub use linear::{ElasticNetModel, ElasticNetParams};

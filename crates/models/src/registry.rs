@@ -23,6 +23,10 @@ pub struct ManifestEntry {
     pub val: Metrics,
     /// Test metrics.
     pub test: Metrics,
+    /// Group offsets fitted on validation and applied by the loader (the
+    /// metrics above are of the calibrated model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::GroupCalibration>,
 }
 
 /// The production manifest: models in the order serving should try them.
@@ -160,7 +164,10 @@ impl<'a> FailoverLoader<'a> {
             }
             files.insert(name.clone(), bytes);
         }
-        let model = load_model(entry.kind, &files)?;
+        let mut model = load_model(entry.kind, &files)?;
+        if let Some(cal) = &entry.calibration {
+            model = Box::new(crate::Calibrated::new(model, cal)?);
+        }
         if model.feature_names() != manifest.feature_names.as_slice() {
             return Err(ModelError::Format {
                 model: entry.kind.name().into(),

@@ -54,8 +54,18 @@ pub struct ResponseParams {
     /// Steepest elasticity allowed (in absolute value).
     pub max_abs_elasticity: f64,
     /// Line prices of the product's latest sales that set its current price
-    /// (their median).
+    /// (their list price: the 90th percentile).
     pub current_price_lines: usize,
+    /// The recommendation maximises this quantile of the uplift over the
+    /// response's posterior draws: 0.5 is the median uplift; lower values
+    /// move away from the current price only when most plausible curves
+    /// agree the move pays.
+    #[serde(default = "default_decision_quantile")]
+    pub decision_quantile: f64,
+}
+
+fn default_decision_quantile() -> f64 {
+    0.3
 }
 
 impl Default for ResponseParams {
@@ -66,6 +76,7 @@ impl Default for ResponseParams {
             coverage: 0.8,
             max_abs_elasticity: 8.0,
             current_price_lines: 10,
+            decision_quantile: 0.3,
         }
     }
 }
@@ -91,6 +102,12 @@ impl ResponseParams {
                 self.coverage
             ));
         }
+        if !(self.decision_quantile > 0.0 && self.decision_quantile < 1.0) {
+            return bad(format!(
+                "decision_quantile must be in (0, 1), found {}",
+                self.decision_quantile
+            ));
+        }
         if !(self.max_abs_elasticity.is_finite() && self.max_abs_elasticity > 0.0) {
             return bad("max_abs_elasticity must be positive".into());
         }
@@ -98,59 +115,92 @@ impl ResponseParams {
     }
 }
 
-/// `ln D(v) = b·v + c·v²` for `v = ln(p / ref_price)` inside the observed
-/// range `[v_lo, v_hi]`, constant elasticity beyond it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// Segments used to draw a quadratic response.
+const QUADRATIC_SEGMENTS: usize = 16;
+
+/// Which family a product's response comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// `ln D = b·v + c·v²`: elasticity changing smoothly with price.
+    Quadratic,
+    /// Elasticity `e1` below a knot, `e2` above it.
+    Hinge,
+}
+
+/// A monotone response: `ln D(v)` piecewise linear in `v = ln(p / ref_price)`
+/// with one elasticity (slope) per segment, each in
+/// `[-max_abs_elasticity, 0]`; the outer segments extend beyond the
+/// observed prices (constant elasticity). `ln D(0) = 0`. The slopes are
+/// driven by two latent parameters: their posterior is
+/// `slopes + load · z`, `z ~ N(0, I₂)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Curve {
-    /// Elasticity at the reference price.
-    pub b: f64,
-    /// Half the change of elasticity per unit of log price.
-    pub c: f64,
-    /// Posterior covariance of `(b, c)`, row-major.
-    pub cov: [f64; 4],
+    /// The family it was fitted as.
+    pub family: Family,
+    /// Interior knots in `v`, ascending.
+    pub knots: Vec<f64>,
+    /// The elasticity on each segment (`knots.len() + 1` of them).
+    pub slopes: Vec<f64>,
+    /// Each slope's loading on the two latent standard normals.
+    pub load: Vec<[f64; 2]>,
 }
 
 impl Curve {
-    /// The elasticity at `v` (clamped to the observed range: constant beyond).
-    pub fn elasticity(&self, v: f64, range: (f64, f64)) -> f64 {
-        let v = v.clamp(range.0, range.1);
-        self.b + 2.0 * self.c * v
+    fn segment(&self, v: f64) -> usize {
+        self.knots
+            .iter()
+            .take_while(|&&k| v > k)
+            .count()
+            .min(self.slopes.len().saturating_sub(1))
     }
 
-    /// `ln D(v)`, with `ln D(0) = 0`.
-    pub fn log_demand(&self, v: f64, range: (f64, f64)) -> f64 {
-        let inside = |v: f64| self.b * v + self.c * v * v;
-        if v < range.0 {
-            inside(range.0) + self.elasticity(range.0, range) * (v - range.0)
-        } else if v > range.1 {
-            inside(range.1) + self.elasticity(range.1, range) * (v - range.1)
-        } else {
-            inside(v)
+    /// The elasticity at `v`.
+    pub fn elasticity(&self, v: f64) -> f64 {
+        self.slopes[self.segment(v)]
+    }
+
+    /// `ln D(v)`, with `ln D(0) = 0` (`Σ_k slope_k · h_k(v)`, without
+    /// allocating: serving evaluates it for every price of every draw).
+    pub fn log_demand(&self, v: f64) -> f64 {
+        let k = self.slopes.len();
+        let mut total = 0.0;
+        for (j, slope) in self.slopes.iter().enumerate() {
+            let lo = if j == 0 {
+                f64::NEG_INFINITY
+            } else {
+                self.knots[j - 1]
+            };
+            let hi = if j + 1 == k {
+                f64::INFINITY
+            } else {
+                self.knots[j]
+            };
+            total += slope * (v.clamp(lo, hi) - 0f64.clamp(lo, hi));
         }
+        total
     }
 
     /// The standard deviation of the elasticity at `v`.
-    pub fn elasticity_sd(&self, v: f64, range: (f64, f64)) -> f64 {
-        let g = [1.0, 2.0 * v.clamp(range.0, range.1)];
-        quad(&self.cov, g).max(0.0).sqrt()
+    pub fn elasticity_sd(&self, v: f64) -> f64 {
+        let l = self.load[self.segment(v)];
+        l[0].hypot(l[1])
     }
 
-    /// A draw of `(b, c)` from the posterior (for bands of derived figures).
+    /// A draw from the posterior (slopes kept ≤ 0: demand never rises).
     fn draw(&self, z: [f64; 2]) -> Curve {
-        // Cholesky of the 2×2 covariance.
-        let l11 = self.cov[0].max(0.0).sqrt();
-        let l21 = if l11 > 0.0 { self.cov[2] / l11 } else { 0.0 };
-        let l22 = (self.cov[3] - l21 * l21).max(0.0).sqrt();
         Curve {
-            b: self.b + l11 * z[0],
-            c: self.c + l21 * z[0] + l22 * z[1],
-            cov: self.cov,
+            family: self.family,
+            knots: self.knots.clone(),
+            slopes: self
+                .slopes
+                .iter()
+                .zip(&self.load)
+                .map(|(s, l)| (s + l[0] * z[0] + l[1] * z[1]).min(0.0))
+                .collect(),
+            load: Vec::new(),
         }
     }
-}
-
-fn quad(m: &[f64; 4], g: [f64; 2]) -> f64 {
-    g[0] * (m[0] * g[0] + m[1] * g[1]) + g[1] * (m[2] * g[0] + m[3] * g[1])
 }
 
 /// One product's fitted response and current level.
@@ -160,13 +210,15 @@ pub struct ProductResponse {
     pub stock_code: String,
     /// The centre of its log prices in training (`v = 0`).
     pub ref_price: f64,
-    /// Its current price: the median of its latest line prices.
+    /// Its current price: the list price (90th percentile) of its latest
+    /// line prices.
     pub current_price: f64,
     /// The lowest and highest weekly price observed (any window).
     pub price_range: (f64, f64),
-    /// Orders per week.
-    pub orders: Curve,
-    /// Units per order.
+    /// Units per week (orders × units per order): the week basis.
+    pub weekly: Curve,
+    /// Units per order: the line basis. (Orders per week respond as
+    /// `weekly − units`.)
     pub units: Curve,
     /// Expected orders per week at the current price, now.
     pub weekly_orders: f64,
@@ -196,27 +248,20 @@ pub struct AtPrice {
 }
 
 impl ProductResponse {
-    fn range(&self) -> (f64, f64) {
-        (
-            (self.price_range.0 / self.ref_price).ln(),
-            (self.price_range.1 / self.ref_price).ln(),
-        )
-    }
-
     fn v(&self, price: f64) -> f64 {
         (price.max(1e-9) / self.ref_price).ln()
     }
 
     /// Expected demand at `price`.
     pub fn at(&self, price: f64) -> AtPrice {
-        self.at_with(price, &self.orders, &self.units)
+        self.at_with(price, &self.weekly, &self.units)
     }
 
-    fn at_with(&self, price: f64, orders: &Curve, units: &Curve) -> AtPrice {
-        let r = self.range();
+    fn at_with(&self, price: f64, weekly: &Curve, units: &Curve) -> AtPrice {
         let (v, v0) = (self.v(price), self.v(self.current_price));
-        let d_orders = (orders.log_demand(v, r) - orders.log_demand(v0, r)).exp();
-        let d_units = (units.log_demand(v, r) - units.log_demand(v0, r)).exp();
+        let d_week = (weekly.log_demand(v) - weekly.log_demand(v0)).exp();
+        let d_units = (units.log_demand(v) - units.log_demand(v0)).exp();
+        let d_orders = d_week / d_units;
         AtPrice {
             orders: self.weekly_orders * d_orders,
             units_per_order: self.units_per_order * d_units,
@@ -228,19 +273,14 @@ impl ProductResponse {
 
     /// Elasticity of weekly units at `price`, and its standard deviation.
     pub fn weekly_elasticity(&self, price: f64) -> (f64, f64) {
-        let (v, r) = (self.v(price), self.range());
-        let e = self.orders.elasticity(v, r) + self.units.elasticity(v, r);
-        let sd = self
-            .orders
-            .elasticity_sd(v, r)
-            .hypot(self.units.elasticity_sd(v, r));
-        (e, sd)
+        let v = self.v(price);
+        (self.weekly.elasticity(v), self.weekly.elasticity_sd(v))
     }
 
     /// Elasticity of units per order at `price`, and its standard deviation.
     pub fn line_elasticity(&self, price: f64) -> (f64, f64) {
-        let (v, r) = (self.v(price), self.range());
-        (self.units.elasticity(v, r), self.units.elasticity_sd(v, r))
+        let v = self.v(price);
+        (self.units.elasticity(v), self.units.elasticity_sd(v))
     }
 
     /// `draws` samples of the response (orders, units curves) from the
@@ -260,7 +300,7 @@ impl ProductResponse {
             ]
         };
         (0..draws)
-            .map(|_| (self.orders.draw(z()), self.units.draw(z())))
+            .map(|_| (self.weekly.draw(z()), self.units.draw(z())))
             .collect()
     }
 
@@ -298,10 +338,10 @@ pub struct ResponseModel {
     pub version: u32,
     /// The parameters it was fitted with.
     pub params: ResponseParams,
-    /// The pooled response (the prior of every product).
-    pub pooled_orders: Curve,
-    /// The pooled response of units per order.
-    pub pooled_units: Curve,
+    /// The pooled elasticity of weekly units (the prior mean of every product).
+    pub pooled_weekly: f64,
+    /// The pooled elasticity of units per order.
+    pub pooled_units: f64,
     /// Weekly units band (week basis).
     pub weekly_band: Band,
     /// Units-per-order band (line basis).
@@ -379,11 +419,21 @@ struct Week {
     price: f64,
 }
 
-/// Weekly panel of one product, in week order.
-fn weekly(lines: &[&Line<'_>], start: i64) -> Vec<Week> {
+/// Monday-aligned week index of a timestamp (1970-01-01 was a Thursday).
+fn iso_week(ts: i64) -> i64 {
+    (ts + 3 * 86_400_000_000).div_euclid(WEEK_US)
+}
+
+/// The Monday starting week `week`, in μs.
+fn week_start(week: i64) -> i64 {
+    week * WEEK_US - 3 * 86_400_000_000
+}
+
+/// Weekly panel of one product (Monday-aligned weeks), in week order.
+fn weekly(lines: &[&Line<'_>]) -> Vec<Week> {
     let mut by_week: BTreeMap<i64, (f64, f64, Vec<f64>, i64)> = BTreeMap::new();
     for l in lines {
-        let w = (l.ts - start).div_euclid(WEEK_US);
+        let w = iso_week(l.ts);
         let e = by_week.entry(w).or_insert((0.0, 0.0, Vec::new(), l.ts));
         e.0 += 1.0;
         e.1 += l.quantity;
@@ -398,10 +448,21 @@ fn weekly(lines: &[&Line<'_>], start: i64) -> Vec<Week> {
                 month: etl::civil_from_micros(ts).1 as usize - 1,
                 orders,
                 units,
-                price: median_sorted(&prices),
+                price: list_price(&prices),
             }
         })
         .collect()
+}
+
+/// The list price among sorted line prices: their 90th percentile. Bulk
+/// buyers get lower tier prices, so the median moves with the week's mix of
+/// buyers (and with their volumes: confounding); the list price moves only
+/// when the shop changes it.
+fn list_price(sorted: &[f64]) -> f64 {
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((n - 1) as f64 * 0.9).round() as usize],
+    }
 }
 
 fn median_sorted(v: &[f64]) -> f64 {
@@ -451,139 +512,23 @@ fn inv2(m: &[f64; 4]) -> Option<[f64; 4]> {
     Some([m[3] / det, -m[1] / det, -m[2] / det, m[0] / det])
 }
 
-/// The observations of the per-product response fit after the nuisance is
-/// partialled out: for each product, rows of `(y, v, v²)` residuals.
-struct Residualised {
-    /// Per product: (y_orders, y_units, v, w) residual rows.
-    rows: Vec<Vec<[f64; 4]>>,
+fn quad(m: &[f64; 4], g: [f64; 2]) -> f64 {
+    g[0] * (m[0] * g[0] + m[1] * g[1]) + g[1] * (m[2] * g[0] + m[3] * g[1])
 }
 
-/// Partials month-of-year and last week's log demand out of every column,
-/// with product fixed effects (within-product demeaning), pooled over
-/// products (Frisch–Waugh: the same response as a regression with them).
-fn residualise(panels: &[(Vec<Week>, f64)]) -> (Residualised, BTreeMap<String, f64>) {
-    // Columns: y_orders, y_units, v, w | nuisance: 11 month dummies, lag, lag missing.
-    const NUIS: usize = 13;
-    let mut data: Vec<Vec<([f64; 4], [f64; NUIS])>> = Vec::new();
-    for (weeks, ref_price) in panels {
-        let mut rows = Vec::new();
-        let mean_log_units =
-            weeks.iter().map(|w| w.units.ln()).sum::<f64>() / weeks.len().max(1) as f64;
-        for (i, w) in weeks.iter().enumerate() {
-            let v = (w.price / ref_price).ln();
-            let y = [w.orders.ln(), (w.units / w.orders).ln(), v, v * v];
-            let mut n = [0.0; NUIS];
-            if w.month > 0 {
-                n[w.month - 1] = 1.0;
-            }
-            match i.checked_sub(1).map(|j| &weeks[j]) {
-                Some(prev) if prev.week == w.week - 1 => n[11] = prev.units.ln(),
-                _ => {
-                    n[11] = mean_log_units;
-                    n[12] = 1.0;
-                }
-            }
-            rows.push((y, n));
-        }
-        // Within-product demeaning.
-        let k = rows.len() as f64;
-        let mut my = [0.0; 4];
-        let mut mn = [0.0; NUIS];
-        for (y, n) in &rows {
-            for j in 0..4 {
-                my[j] += y[j] / k;
-            }
-            for j in 0..NUIS {
-                mn[j] += n[j] / k;
-            }
-        }
-        for (y, n) in &mut rows {
-            for j in 0..4 {
-                y[j] -= my[j];
-            }
-            for j in 0..NUIS {
-                n[j] -= mn[j];
-            }
-        }
-        data.push(rows);
-    }
-    // Pooled OLS of each of the 4 columns on the nuisance (ridge-stabilised).
-    let mut xtx = vec![0.0; NUIS * NUIS];
-    let mut xty = vec![vec![0.0; NUIS]; 4];
-    for rows in &data {
-        for (y, n) in rows {
-            for a in 0..NUIS {
-                for b in 0..NUIS {
-                    xtx[a * NUIS + b] += n[a] * n[b];
-                }
-                for j in 0..4 {
-                    xty[j][a] += n[a] * y[j];
-                }
-            }
-        }
-    }
-    for a in 0..NUIS {
-        xtx[a * NUIS + a] += 1e-6;
-    }
-    let coef: Vec<Vec<f64>> = xty
-        .into_iter()
-        .map(|rhs| solve(xtx.clone(), rhs, NUIS).unwrap_or_else(|| vec![0.0; NUIS]))
-        .collect();
-    let mut diag = BTreeMap::new();
-    diag.insert("nuisance.lag_on_log_orders".into(), coef[0][11]);
-    diag.insert("nuisance.lag_on_log_units_per_order".into(), coef[1][11]);
-    diag.insert("nuisance.lag_on_log_price".into(), coef[2][11]);
-    let rows = data
-        .into_iter()
-        .map(|rows| {
-            rows.into_iter()
-                .map(|(y, n)| {
-                    let mut r = [0.0; 4];
-                    for j in 0..4 {
-                        r[j] = y[j] - (0..NUIS).map(|a| coef[j][a] * n[a]).sum::<f64>();
-                    }
-                    r
-                })
-                .collect()
-        })
-        .collect();
-    (Residualised { rows }, diag)
+/// Lower-triangular Cholesky factor of a 2×2 covariance (zeros where it is
+/// not positive definite).
+fn chol2(c: &[f64; 4]) -> [f64; 4] {
+    let l00 = c[0].max(0.0).sqrt();
+    let l10 = if l00 > 0.0 { c[2] / l00 } else { 0.0 };
+    let l11 = (c[3] - l10 * l10).max(0.0).sqrt();
+    [l00, 0.0, l10, l11]
 }
 
-/// A least-squares fit of `(b, c)`: estimate, covariance, observations.
-type Fit2 = ([f64; 2], [f64; 4], usize);
-
-/// Least squares of `y` on `(v, w)` without intercept: estimate and covariance.
-fn ols2(rows: &[[f64; 4]], y: usize) -> Option<Fit2> {
-    let n = rows.len();
-    if n < 4 {
-        return None;
-    }
-    let (mut s11, mut s12, mut s22, mut s1y, mut s2y) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for r in rows {
-        s11 += r[2] * r[2];
-        s12 += r[2] * r[3];
-        s22 += r[3] * r[3];
-        s1y += r[2] * r[y];
-        s2y += r[3] * r[y];
-    }
-    let inv = inv2(&[s11, s12, s12, s22])?;
-    let beta = [inv[0] * s1y + inv[1] * s2y, inv[2] * s1y + inv[3] * s2y];
-    let rss: f64 = rows
-        .iter()
-        .map(|r| (r[y] - beta[0] * r[2] - beta[1] * r[3]).powi(2))
-        .sum();
-    // One degree of freedom went to the product's mean, two to (b, c), and
-    // the nuisance to the pool.
-    let dof = (n as f64 - 3.0).max(1.0);
-    let s2 = (rss / dof).max(1e-6);
-    Some((beta, inv.map(|v| v * s2), n))
-}
-
-/// The constraint set: elasticity `b + 2c·v` within `[-max, 0]` at both
-/// ends of `range`. Projects `(b, c)` onto it in the metric `precision`.
+/// Projects a quadratic's `(b, c)` (in the metric `precision`) onto the set
+/// where its elasticity `b + 2c·v` lies within `[-max, 0]` at both ends of
+/// `range` (so everywhere in it).
 fn project(beta: [f64; 2], precision: &[f64; 4], range: (f64, f64), max: f64) -> [f64; 2] {
-    // Constraints g·x ≤ h: e(v) ≤ 0 and −e(v) ≤ max at both ends.
     let mut cons: Vec<([f64; 2], f64)> = Vec::new();
     for v in [range.0, range.1] {
         cons.push(([1.0, 2.0 * v], 0.0));
@@ -596,23 +541,18 @@ fn project(beta: [f64; 2], precision: &[f64; 4], range: (f64, f64), max: f64) ->
     if feasible(beta) {
         return beta;
     }
-    let dist = |x: [f64; 2]| {
-        let d = [x[0] - beta[0], x[1] - beta[1]];
-        quad(precision, d)
-    };
     let Some(pinv) = inv2(precision) else {
         return [beta[0].clamp(-max, 0.0), 0.0];
     };
     let mut best: Option<([f64; 2], f64)> = None;
     let mut consider = |x: [f64; 2]| {
         if x.iter().all(|v| v.is_finite()) && feasible(x) {
-            let d = dist(x);
+            let d = quad(precision, [x[0] - beta[0], x[1] - beta[1]]);
             if best.is_none_or(|(_, bd)| d < bd) {
                 best = Some((x, d));
             }
         }
     };
-    // One active constraint: x = β − P⁻¹g (g·β − h) / (g P⁻¹ g).
     for (g, h) in &cons {
         let pg = [
             pinv[0] * g[0] + pinv[1] * g[1],
@@ -624,7 +564,6 @@ fn project(beta: [f64; 2], precision: &[f64; 4], range: (f64, f64), max: f64) ->
             consider([beta[0] - t * pg[0], beta[1] - t * pg[1]]);
         }
     }
-    // Two active constraints: their intersection.
     for i in 0..cons.len() {
         for j in i + 1..cons.len() {
             let (g1, h1) = cons[i];
@@ -635,6 +574,465 @@ fn project(beta: [f64; 2], precision: &[f64; 4], range: (f64, f64), max: f64) ->
         }
     }
     best.map_or([beta[0].clamp(-max, 0.0), 0.0], |(x, _)| x)
+}
+
+/// Month dummies (11), last week's log units and log price, and a
+/// missing-lag indicator.
+const NUIS: usize = 14;
+
+/// One product's week as the fit sees it.
+struct Obs {
+    /// ln(units per week), ln(units per order).
+    y: [f64; 2],
+    /// ln(price / reference).
+    v: f64,
+    /// The nuisance: month of year and last week's demand and price (the
+    /// shop's prices follow its demand, so these confound).
+    n: [f64; NUIS],
+}
+
+fn observations(weeks: &[Week], ref_price: f64) -> Vec<Obs> {
+    let mean_log_units =
+        weeks.iter().map(|w| w.units.ln()).sum::<f64>() / weeks.len().max(1) as f64;
+    weeks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut n = [0.0; NUIS];
+            if w.month > 0 {
+                n[w.month - 1] = 1.0;
+            }
+            match i.checked_sub(1).map(|j| &weeks[j]) {
+                Some(prev) if prev.week == w.week - 1 => {
+                    n[11] = prev.units.ln();
+                    n[12] = (prev.price / ref_price).ln();
+                }
+                _ => {
+                    n[11] = mean_log_units;
+                    n[13] = 1.0;
+                }
+            }
+            Obs {
+                y: [w.units.ln(), (w.units / w.orders).ln()],
+                v: (w.price / ref_price).ln(),
+                n,
+            }
+        })
+        .collect()
+}
+
+#[allow(clippy::needless_range_loop)] // matrix arithmetic reads best by index
+/// The pooled regression, with product fixed effects, of each demand part
+/// on the nuisance and a quadratic in log price: the nuisance coefficients
+/// (to subtract: the double-ML step) and the pooled `(b, c)`.
+fn nuisance(panels: &[Vec<Obs>]) -> ([[f64; NUIS]; 2], [[f64; 2]; 2]) {
+    const P: usize = NUIS + 2;
+    let mut xtx = vec![0.0; P * P];
+    let mut xty = [vec![0.0; P], vec![0.0; P]];
+    let row = |o: &Obs| -> [f64; P] {
+        let mut x = [0.0; P];
+        x[..NUIS].copy_from_slice(&o.n);
+        x[NUIS] = o.v;
+        x[NUIS + 1] = o.v * o.v;
+        x
+    };
+    for obs in panels {
+        if obs.len() < 2 {
+            continue;
+        }
+        let k = obs.len() as f64;
+        let mut mx = [0.0; P];
+        let mut my = [0.0; 2];
+        for o in obs {
+            let x = row(o);
+            for j in 0..P {
+                mx[j] += x[j] / k;
+            }
+            for t in 0..2 {
+                my[t] += o.y[t] / k;
+            }
+        }
+        for o in obs {
+            let mut x = row(o);
+            for j in 0..P {
+                x[j] -= mx[j];
+            }
+            for a in 0..P {
+                for b in 0..P {
+                    xtx[a * P + b] += x[a] * x[b];
+                }
+                for t in 0..2 {
+                    xty[t][a] += x[a] * (o.y[t] - my[t]);
+                }
+            }
+        }
+    }
+    for a in 0..P {
+        xtx[a * P + a] += 1e-6;
+    }
+    let mut gamma = [[0.0; NUIS]; 2];
+    let mut pooled = [[0.0; 2]; 2];
+    for t in 0..2 {
+        if let Some(c) = solve(xtx.clone(), xty[t].clone(), P) {
+            gamma[t].copy_from_slice(&c[..NUIS]);
+            pooled[t] = [c[NUIS], c[NUIS + 1]];
+        }
+    }
+    (gamma, pooled)
+}
+
+/// The prior of a product's response: the pooled response and how far a
+/// product may differ from it.
+#[derive(Debug, Clone, Copy)]
+struct Prior {
+    /// Pooled elasticity at the reference price, and pooled curvature.
+    mean: [f64; 2],
+    /// Standard deviations of a product's elasticity and curvature around them.
+    sd: [f64; 2],
+    /// Pooled noise variance of weekly log demand.
+    noise_var: f64,
+}
+
+/// Floor of the prior spread of a product's elasticity around the pool.
+const PRIOR_SD_FLOOR: f64 = 0.3;
+/// Cap of that spread.
+const PRIOR_SD_CAP: f64 = 1.5;
+/// Prior spread of a product's curvature.
+const CURVATURE_SD: f64 = 1.0;
+/// How far the two elasticities of a hinge may differ, a priori (1 sd).
+const HINGE_STEP_SD: f64 = 2.0;
+/// Prior spread of each elasticity of a hinge around the pool (at least).
+const HINGE_SLOPE_SD: f64 = 1.0;
+
+/// Bayesian least squares with two regressors: posterior mean and
+/// covariance, and the residual sum of squares at the mean.
+fn bayes2(
+    x: &[[f64; 2]],
+    y: &[f64],
+    mu: [f64; 2],
+    prec: [f64; 4],
+    s2: f64,
+) -> Option<([f64; 2], [f64; 4], f64)> {
+    let mut a = prec;
+    let mut rhs = [
+        prec[0] * mu[0] + prec[1] * mu[1],
+        prec[2] * mu[0] + prec[3] * mu[1],
+    ];
+    for (r, yi) in x.iter().zip(y) {
+        a[0] += r[0] * r[0] / s2;
+        a[1] += r[0] * r[1] / s2;
+        a[2] += r[1] * r[0] / s2;
+        a[3] += r[1] * r[1] / s2;
+        rhs[0] += r[0] * yi / s2;
+        rhs[1] += r[1] * yi / s2;
+    }
+    let cov = inv2(&a)?;
+    let mean = [
+        cov[0] * rhs[0] + cov[1] * rhs[1],
+        cov[2] * rhs[0] + cov[3] * rhs[1],
+    ];
+    let rss = x
+        .iter()
+        .zip(y)
+        .map(|(r, yi)| (yi - mean[0] * r[0] - mean[1] * r[1]).powi(2))
+        .sum();
+    Some((mean, cov, rss))
+}
+
+/// Demeans the columns of a two-regressor design.
+fn demeaned(x: Vec<[f64; 2]>) -> Vec<[f64; 2]> {
+    let n = x.len().max(1) as f64;
+    let m = [
+        x.iter().map(|r| r[0]).sum::<f64>() / n,
+        x.iter().map(|r| r[1]).sum::<f64>() / n,
+    ];
+    x.into_iter().map(|r| [r[0] - m[0], r[1] - m[1]]).collect()
+}
+
+/// A fit with the noise variance estimated from the product's own
+/// residuals (shrunk toward the pooled variance) and inflated for their
+/// autocorrelation (weekly demand shocks and price levels persist, so
+/// consecutive weeks are not independent: the variance of a mean of AR(1)
+/// noise is `(1 + ρ)/(1 − ρ)` times the naive one), and its AIC.
+fn fit_with_noise(
+    x: &[[f64; 2]],
+    y: &[f64],
+    mu: [f64; 2],
+    prec: [f64; 4],
+    noise_var: f64,
+    params: f64,
+) -> Option<([f64; 2], [f64; 4], f64)> {
+    let (m0, _, rss0) = bayes2(x, y, mu, prec, noise_var)?;
+    let n = y.len() as f64;
+    let resid: Vec<f64> = x
+        .iter()
+        .zip(y)
+        .map(|(r, yi)| yi - m0[0] * r[0] - m0[1] * r[1])
+        .collect();
+    let lag: f64 = resid.windows(2).map(|w| w[0] * w[1]).sum();
+    let rho = if rss0 > 0.0 {
+        (lag / rss0).clamp(0.0, 0.8)
+    } else {
+        0.0
+    };
+    let s2 = (rss0 + 5.0 * noise_var) / (n + 5.0) * (1.0 + rho) / (1.0 - rho);
+    let (mean, cov, rss) = bayes2(x, y, mu, prec, s2)?;
+    let aic = n * (rss.max(1e-12) / n).ln() + 2.0 * params;
+    Some((mean, cov, aic))
+}
+
+/// The quadratic's curve: slopes of `b + 2c·v` on `QUADRATIC_SEGMENTS`
+/// segments across `range`, constant elasticity beyond.
+fn quadratic_curve(beta: [f64; 2], cov: &[f64; 4], range: (f64, f64)) -> Curve {
+    let l = chol2(cov);
+    let at = |m: f64| -> (f64, [f64; 2]) {
+        (
+            beta[0] + 2.0 * beta[1] * m,
+            [l[0] + 2.0 * m * l[2], 2.0 * m * l[3]],
+        )
+    };
+    let (lo, hi) = range;
+    if (hi - lo).is_nan() || hi - lo <= 1e-9 {
+        let (s, ld) = at(lo);
+        return Curve {
+            family: Family::Quadratic,
+            knots: Vec::new(),
+            slopes: vec![s],
+            load: vec![ld],
+        };
+    }
+    let q = QUADRATIC_SEGMENTS;
+    let knots: Vec<f64> = (0..=q)
+        .map(|j| lo + (hi - lo) * j as f64 / q as f64)
+        .collect();
+    let mut points = vec![lo];
+    points.extend((0..q).map(|j| 0.5 * (knots[j] + knots[j + 1])));
+    points.push(hi);
+    let (slopes, load) = points.into_iter().map(at).unzip();
+    Curve {
+        family: Family::Quadratic,
+        knots,
+        slopes,
+        load,
+    }
+}
+
+/// Fits one product's response for one demand part: the quadratic, and a
+/// hinge at each candidate knot (quantiles 10 %..90 % of its log prices,
+/// with 3 weeks on each side at least); the lowest AIC wins (the hinge
+/// pays for its knot). Without
+/// enough weeks (`has_own` false) the prior's quadratic. Elasticities are
+/// kept within `[-max, 0]` over the observed range.
+fn fit_product(vs: &[f64], ys: &[f64], prior: &Prior, max: f64, has_own: bool) -> Curve {
+    let n = vs.len();
+    let lo = vs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = vs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let range = if n == 0 { (0.0, 0.0) } else { (lo, hi) };
+    let quad_prec = [
+        1.0 / prior.sd[0].powi(2),
+        0.0,
+        0.0,
+        1.0 / prior.sd[1].powi(2),
+    ];
+    let prior_quadratic = || {
+        let cov = [prior.sd[0].powi(2), 0.0, 0.0, prior.sd[1].powi(2)];
+        let b = project(prior.mean, &quad_prec, range, max);
+        quadratic_curve(b, &cov, range)
+    };
+    if !has_own || n < 4 {
+        return prior_quadratic();
+    }
+    let ym = ys.iter().sum::<f64>() / n as f64;
+    let y: Vec<f64> = ys.iter().map(|v| v - ym).collect();
+    let xq = demeaned(vs.iter().map(|&v| [v, v * v]).collect());
+    let Some((bq, cq, bic_q)) =
+        fit_with_noise(&xq, &y, prior.mean, quad_prec, prior.noise_var, 2.0)
+    else {
+        return prior_quadratic();
+    };
+    let mut best: Option<(f64, [f64; 2], [f64; 4], f64)> = None; // (knot, β, cov, bic)
+    let mut sorted = vs.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rw = 1.0 / HINGE_STEP_SD.powi(2);
+    // Each slope of a hinge is allowed far from the pool: a kink is what
+    // the pool cannot know.
+    let p0 = 1.0 / prior.sd[0].max(HINGE_SLOPE_SD).powi(2);
+    let hinge_prec = [p0 + rw, -rw, -rw, p0 + rw];
+    for q in (2..=18).map(|i| f64::from(i) * 0.05) {
+        let k = sorted[((n - 1) as f64 * q).round() as usize];
+        let below = vs.iter().filter(|&&v| v < k - 1e-9).count();
+        let above = vs.iter().filter(|&&v| v > k + 1e-9).count();
+        if below < 3 || above < 3 {
+            continue;
+        }
+        let xh = demeaned(
+            vs.iter()
+                .map(|&v| [(v - k).min(0.0), (v - k).max(0.0)])
+                .collect(),
+        );
+        let mu = [prior.mean[0], prior.mean[0]];
+        if let Some((b, c, bic)) = fit_with_noise(&xh, &y, mu, hinge_prec, prior.noise_var, 3.0)
+            && best.is_none_or(|(_, _, _, bb)| bic < bb)
+        {
+            best = Some((k, b, c, bic));
+        }
+    }
+    match best {
+        Some((k, b, c, bic)) if bic < bic_q => {
+            let l = chol2(&c);
+            Curve {
+                family: Family::Hinge,
+                knots: vec![k],
+                slopes: vec![b[0].clamp(-max, 0.0), b[1].clamp(-max, 0.0)],
+                load: vec![[l[0], 0.0], [l[2], l[3]]],
+            }
+        }
+        _ => {
+            let prec = inv2(&cq).unwrap_or(quad_prec);
+            quadratic_curve(project(bq, &prec, range, max), &cq, range)
+        }
+    }
+}
+
+/// Per-product curves of one fit.
+struct FittedCurves {
+    /// `[orders, units per order]` per product.
+    curves: Vec<[Curve; 2]>,
+    /// Share of each product's response from its own data.
+    own_weight: Vec<f64>,
+    /// Whether the product had enough weeks for an estimate of its own.
+    own: Vec<bool>,
+    /// The pooled elasticities of orders and of units per order.
+    pooled: [f64; 2],
+    /// Nuisance and pooled coefficients, family counts.
+    diagnostics: BTreeMap<String, f64>,
+}
+
+/// Subtracts the nuisance (pooled, with product fixed effects), then fits
+/// each product and demand part with [`fit_product`] under a prior centred
+/// on the pooled response, whose spread is the between-product spread of
+/// simple per-product elasticities (method of moments).
+fn fit_curves(panels: &[Vec<Obs>], params: &ResponseParams) -> FittedCurves {
+    let (gamma, pooled) = nuisance(panels);
+    let mut diagnostics = BTreeMap::new();
+    diagnostics.insert("nuisance.lag_units_on_log_units".into(), gamma[0][11]);
+    diagnostics.insert("nuisance.lag_price_on_log_units".into(), gamma[0][12]);
+    diagnostics.insert("pooled.weekly.elasticity".into(), pooled[0][0]);
+    diagnostics.insert("pooled.weekly.curvature".into(), pooled[0][1]);
+    diagnostics.insert("pooled.units_per_order.elasticity".into(), pooled[1][0]);
+    diagnostics.insert("pooled.units_per_order.curvature".into(), pooled[1][1]);
+    // De-nuisanced log demand per product and part.
+    let ys: Vec<[Vec<f64>; 2]> = panels
+        .iter()
+        .map(|obs| {
+            std::array::from_fn(|t| {
+                obs.iter()
+                    .map(|o| o.y[t] - (0..NUIS).map(|j| gamma[t][j] * o.n[j]).sum::<f64>())
+                    .collect()
+            })
+        })
+        .collect();
+    let mut priors = [Prior {
+        mean: [0.0, 0.0],
+        sd: [PRIOR_SD_FLOOR, CURVATURE_SD],
+        noise_var: 0.1,
+    }; 2];
+    for t in 0..2 {
+        let (mut slopes, mut variances) = (Vec::new(), Vec::new());
+        let (mut rss_all, mut dof_all) = (0.0, 0.0);
+        for (obs, y) in panels.iter().zip(&ys) {
+            if obs.len() < params.min_weeks {
+                continue;
+            }
+            let n = obs.len() as f64;
+            let mv = obs.iter().map(|o| o.v).sum::<f64>() / n;
+            let my = y[t].iter().sum::<f64>() / n;
+            let sxx: f64 = obs.iter().map(|o| (o.v - mv).powi(2)).sum();
+            if sxx < 1e-6 {
+                continue;
+            }
+            let sxy: f64 = obs
+                .iter()
+                .zip(&y[t])
+                .map(|(o, yi)| (o.v - mv) * (yi - my))
+                .sum();
+            let b = sxy / sxx;
+            let rss: f64 = obs
+                .iter()
+                .zip(&y[t])
+                .map(|(o, yi)| (yi - my - b * (o.v - mv)).powi(2))
+                .sum();
+            slopes.push(b);
+            variances.push(rss / (n - 2.0).max(1.0) / sxx);
+            rss_all += rss;
+            dof_all += n - 2.0;
+        }
+        // The spread of products' elasticities around the pool: a robust
+        // (MAD) spread of the well-measured products' slopes (slope sd under
+        // 0.5), clamped: products with hardly any price variation give
+        // wild slopes that a variance would let dominate.
+        let mut precise: Vec<f64> = slopes
+            .iter()
+            .zip(&variances)
+            .filter(|(_, v)| **v < 0.25)
+            .map(|(b, _)| *b)
+            .collect();
+        let sd0 = if precise.len() >= 5 {
+            precise.sort_by(f64::total_cmp);
+            let med = median_sorted(&precise);
+            let mut dev: Vec<f64> = precise.iter().map(|b| (b - med).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            (1.4826 * median_sorted(&dev)).clamp(PRIOR_SD_FLOOR, PRIOR_SD_CAP)
+        } else {
+            PRIOR_SD_FLOOR
+        };
+        priors[t] = Prior {
+            mean: pooled[t],
+            sd: [sd0, CURVATURE_SD],
+            noise_var: if dof_all > 0.0 {
+                (rss_all / dof_all).max(1e-4)
+            } else {
+                0.1
+            },
+        };
+        diagnostics.insert(format!("prior.sd.{t}"), sd0);
+        diagnostics.insert(format!("prior.noise_var.{t}"), priors[t].noise_var);
+    }
+    let mut curves = Vec::with_capacity(panels.len());
+    let mut own_weight = Vec::with_capacity(panels.len());
+    let mut own = Vec::with_capacity(panels.len());
+    let mut hinges = 0usize;
+    for (obs, y) in panels.iter().zip(&ys) {
+        let has_own = obs.len() >= params.min_weeks;
+        let vs: Vec<f64> = obs.iter().map(|o| o.v).collect();
+        let pair: [Curve; 2] = std::array::from_fn(|t| {
+            fit_product(&vs, &y[t], &priors[t], params.max_abs_elasticity, has_own)
+        });
+        hinges += pair.iter().filter(|c| c.family == Family::Hinge).count();
+        // Own weight: how much the elasticity's uncertainty at the reference
+        // price shrank from the prior's.
+        let weight = (0..2)
+            .map(|t| {
+                let sd = pair[t].elasticity_sd(0.0);
+                0.5 * (1.0 - (sd / priors[t].sd[0]).powi(2)).clamp(0.0, 1.0)
+            })
+            .sum::<f64>();
+        curves.push(pair);
+        own_weight.push(if has_own { weight } else { 0.0 });
+        own.push(has_own);
+    }
+    diagnostics.insert("curves.hinge".into(), hinges as f64);
+    diagnostics.insert(
+        "curves.quadratic".into(),
+        (2 * panels.len() - hinges) as f64,
+    );
+    FittedCurves {
+        curves,
+        own_weight,
+        own,
+        pooled: [pooled[0][0], pooled[1][0]],
+        diagnostics,
+    }
 }
 
 /// Fits the responses from sales lines. `costs` maps stock codes to unit
@@ -666,13 +1064,13 @@ pub fn fit_response(
     }
     let mut prods: Vec<Prod<'_>> = Vec::new();
     for (code, lines) in &by_product {
-        let all = weekly(lines, windows.start);
+        let all = weekly(lines);
         let train_lines: Vec<&Line<'_>> = lines
             .iter()
             .copied()
             .filter(|l| l.ts < windows.train_end)
             .collect();
-        let train = weekly(&train_lines, windows.start);
+        let train = weekly(&train_lines);
         let basis = if train.is_empty() { &all } else { &train };
         let ref_price =
             (basis.iter().map(|w| w.price.ln()).sum::<f64>() / basis.len().max(1) as f64).exp();
@@ -688,7 +1086,7 @@ pub fn fit_response(
             all,
             train,
             ref_price,
-            current: median_sorted(&recent),
+            current: list_price(&recent),
         });
     }
     if prods.is_empty() {
@@ -697,132 +1095,60 @@ pub fn fit_response(
             reason: "no sales lines to fit".into(),
         });
     }
-    let panels: Vec<(Vec<Week>, f64)> = prods
+    let ranges: Vec<(f64, f64)> = prods
         .iter()
-        .map(|p| (p.train.clone(), p.ref_price))
-        .collect();
-    let (resid, mut diagnostics) = residualise(&panels);
-
-    // Own estimates, then the pooled response and the between-product spread.
-    let mut fits: [Vec<Option<Fit2>>; 2] = [Vec::new(), Vec::new()];
-    for (k, y) in [(0usize, 0usize), (1, 1)] {
-        fits[k] = resid
-            .rows
-            .iter()
-            .map(|rows| {
-                if rows.len() < params.min_weeks {
-                    None
-                } else {
-                    ols2(rows, y)
-                }
-            })
-            .collect();
-    }
-    let all_rows: Vec<[f64; 4]> = resid.rows.iter().flatten().copied().collect();
-    let mut pooled = [[0.0; 2]; 2];
-    let mut pooled_cov = [[0.0; 4]; 2];
-    let mut between = [[0.0; 4]; 2];
-    for k in 0..2 {
-        if let Some((b, cov, _)) = ols2(&all_rows, k) {
-            pooled[k] = b;
-            pooled_cov[k] = cov;
-        }
-        // Method of moments: spread of own estimates minus their noise.
-        let own: Vec<&Fit2> = fits[k].iter().flatten().collect();
-        for j in 0..2 {
-            let spread = if own.len() >= 3 {
-                let mean = own.iter().map(|f| f.0[j]).sum::<f64>() / own.len() as f64;
-                let var = own.iter().map(|f| (f.0[j] - mean).powi(2)).sum::<f64>()
-                    / (own.len() - 1) as f64;
-                // The median own noise: robust to products with tiny price variation.
-                let mut noise: Vec<f64> = own.iter().map(|f| f.1[j * 3]).collect();
-                noise.sort_by(f64::total_cmp);
-                (var - median_sorted(&noise)).max(0.0)
-            } else {
-                0.0
-            };
-            // Floors: a product may differ from the pool by ±0.3 in
-            // elasticity and ±0.5 in curvature (1 sd) even when the sample
-            // cannot tell.
-            let floor = if j == 0 { 0.3f64 } else { 0.5f64 };
-            between[k][j * 3] = spread.max(floor * floor);
-        }
-    }
-    diagnostics.insert("pooled.orders.b".into(), pooled[0][0]);
-    diagnostics.insert("pooled.orders.c".into(), pooled[0][1]);
-    diagnostics.insert("pooled.units.b".into(), pooled[1][0]);
-    diagnostics.insert("pooled.units.c".into(), pooled[1][1]);
-
-    let mut products = Vec::new();
-    let mut own_count = 0usize;
-    for (i, p) in prods.iter().enumerate() {
-        let range = {
+        .map(|p| {
             let lo = p.all.iter().map(|w| w.price).fold(f64::INFINITY, f64::min);
             let hi = p.all.iter().map(|w| w.price).fold(0.0, f64::max);
             ((lo / p.ref_price).ln(), (hi / p.ref_price).ln())
-        };
-        let mut curves = [Curve {
-            b: 0.0,
-            c: 0.0,
-            cov: [0.0; 4],
-        }; 2];
-        let mut own_weight = 0.0;
-        for k in 0..2 {
-            let prior_prec = inv2(&between[k]).unwrap_or([0.0; 4]);
-            let (post, cov) = match fits[k][i] {
-                Some((beta, cov, _)) => match inv2(&cov) {
-                    Some(own_prec) => {
-                        let prec: [f64; 4] = std::array::from_fn(|j| own_prec[j] + prior_prec[j]);
-                        let post_cov = inv2(&prec).unwrap_or(between[k]);
-                        let rhs = [
-                            own_prec[0] * beta[0]
-                                + own_prec[1] * beta[1]
-                                + prior_prec[0] * pooled[k][0]
-                                + prior_prec[1] * pooled[k][1],
-                            own_prec[2] * beta[0]
-                                + own_prec[3] * beta[1]
-                                + prior_prec[2] * pooled[k][0]
-                                + prior_prec[3] * pooled[k][1],
-                        ];
-                        let post = [
-                            post_cov[0] * rhs[0] + post_cov[1] * rhs[1],
-                            post_cov[2] * rhs[0] + post_cov[3] * rhs[1],
-                        ];
-                        own_weight += 0.5 * (1.0 - post_cov[0] / between[k][0]).clamp(0.0, 1.0);
-                        (post, post_cov)
-                    }
-                    None => (pooled[k], between[k]),
-                },
-                None => (
-                    pooled[k],
-                    std::array::from_fn(|j| between[k][j] + pooled_cov[k][j]),
-                ),
-            };
-            let prec = inv2(&cov).unwrap_or([1.0, 0.0, 0.0, 1.0]);
-            let x = project(post, &prec, range, params.max_abs_elasticity);
-            curves[k] = Curve {
-                b: x[0],
-                c: x[1],
-                cov,
-            };
-        }
-        if fits[0][i].is_some() {
-            own_count += 1;
-        }
-        products.push(ProductResponse {
-            stock_code: p.code.to_string(),
-            ref_price: p.ref_price,
-            current_price: p.current,
-            price_range: (p.ref_price * range.0.exp(), p.ref_price * range.1.exp()),
-            orders: curves[0],
-            units: curves[1],
-            weekly_orders: 1.0,
-            units_per_order: 1.0,
-            weeks: p.train.len(),
-            own_weight,
-            unit_cost: costs.get(p.code).copied(),
-        });
-    }
+        })
+        .collect();
+    // Two fits: on the training weeks, to calibrate the bands on validation
+    // and measure them on test honestly; and on every week, for the curves
+    // that serve (a refit on all data, as for any model once validated).
+    let train_fit = fit_curves(
+        &prods
+            .iter()
+            .map(|p| observations(&p.train, p.ref_price))
+            .collect::<Vec<_>>(),
+        params,
+    );
+    let full_fit = fit_curves(
+        &prods
+            .iter()
+            .map(|p| observations(&p.all, p.ref_price))
+            .collect::<Vec<_>>(),
+        params,
+    );
+    let mut diagnostics = full_fit.diagnostics.clone();
+    let pooled = full_fit.pooled;
+    let make = |fit: &FittedCurves, i: usize, p: &Prod<'_>| ProductResponse {
+        stock_code: p.code.to_string(),
+        ref_price: p.ref_price,
+        current_price: p.current,
+        price_range: (
+            p.ref_price * ranges[i].0.exp(),
+            p.ref_price * ranges[i].1.exp(),
+        ),
+        weekly: fit.curves[i][0].clone(),
+        units: fit.curves[i][1].clone(),
+        weekly_orders: 1.0,
+        units_per_order: 1.0,
+        weeks: p.all.len(),
+        own_weight: fit.own_weight[i],
+        unit_cost: costs.get(p.code).copied(),
+    };
+    let train_products: Vec<ProductResponse> = prods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| make(&train_fit, i, p))
+        .collect();
+    let mut products: Vec<ProductResponse> = prods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| make(&full_fit, i, p))
+        .collect();
+    let own_count = full_fit.own.iter().filter(|o| **o).count();
     diagnostics.insert("products".into(), products.len() as f64);
     diagnostics.insert("products_with_own_estimate".into(), own_count as f64);
 
@@ -848,10 +1174,10 @@ pub fn fit_response(
             / slice.len() as f64;
         Some(mean)
     };
-    let week_start = |w: &Week| windows.start + w.week * WEEK_US;
+    let week_start = |w: &Week| week_start(w.week);
     let mut week_res: [Vec<f64>; 2] = [Vec::new(), Vec::new()]; // validation, test
     let mut line_res: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
-    for (p, pr) in prods.iter().zip(products.iter_mut()) {
+    for ((p, pr), tr) in prods.iter().zip(products.iter_mut()).zip(&train_products) {
         for (i, w) in p.all.iter().enumerate() {
             let t = week_start(w);
             let part = if t < windows.train_end {
@@ -861,11 +1187,13 @@ pub fn fit_response(
             } else {
                 1
             };
-            let (Some(lo), Some(lu)) = (level(&p.all, i, pr, false), level(&p.all, i, pr, true))
+            // The training-window fit: the band is calibrated and measured
+            // out of sample.
+            let (Some(lo), Some(lu)) = (level(&p.all, i, tr, false), level(&p.all, i, tr, true))
             else {
                 continue;
             };
-            let a = pr.at(w.price);
+            let a = tr.at(w.price);
             let pred_orders = lo + (a.relative_weekly / a.relative_units_per_order).ln();
             let pred_upo = lu + a.relative_units_per_order.ln();
             week_res[part].push(w.units.ln() - (pred_orders + pred_upo));
@@ -926,16 +1254,8 @@ pub fn fit_response(
     Ok(ResponseModel {
         version: 1,
         params: params.clone(),
-        pooled_orders: Curve {
-            b: pooled[0][0],
-            c: pooled[0][1],
-            cov: pooled_cov[0],
-        },
-        pooled_units: Curve {
-            b: pooled[1][0],
-            c: pooled[1][1],
-            cov: pooled_cov[1],
-        },
+        pooled_weekly: pooled[0],
+        pooled_units: pooled[1],
         weekly_band,
         line_band,
         products,
@@ -946,6 +1266,34 @@ pub fn fit_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn curves_never_rise_with_price_even_outside_the_knots() {
+        let c = Curve {
+            family: Family::Hinge,
+            knots: vec![-0.3, -0.1, 0.1, 0.3],
+            slopes: vec![-0.2, -0.5, -1.0, -2.0, -3.5],
+            load: vec![[0.1, 0.0]; 5],
+        };
+        assert_eq!(c.log_demand(0.0), 0.0);
+        let mut last = f64::INFINITY;
+        for i in 0..400 {
+            let v = -2.0 + f64::from(i) * 0.01;
+            let d = c.log_demand(v);
+            assert!(d <= last + 1e-12, "rises at {v}");
+            last = d;
+        }
+        // The slope of ln D is the segment's elasticity.
+        let h = 1e-6;
+        for v in [-0.5, -0.2, 0.0, 0.2, 0.5] {
+            let num = (c.log_demand(v + h) - c.log_demand(v - h)) / (2.0 * h);
+            assert!(
+                (num - c.elasticity(v)).abs() < 1e-6,
+                "{v}: {num} vs {}",
+                c.elasticity(v)
+            );
+        }
+    }
 
     #[test]
     fn projection_keeps_elasticity_in_bounds_over_the_range() {
@@ -966,25 +1314,53 @@ mod tests {
                 );
             }
         }
-        // Already feasible: unchanged.
         assert_eq!(project([-1.2, -0.4], &prec, (-0.3, 0.4), 8.0), [-1.2, -0.4]);
     }
 
     #[test]
-    fn curves_never_rise_with_price_even_outside_the_range() {
-        let c = Curve {
-            b: -1.5,
-            c: -0.8,
-            cov: [0.01, 0.0, 0.0, 0.01],
+    fn a_hinge_is_chosen_for_kinked_data_and_a_quadratic_for_smooth_data() {
+        // Log demand with a kink at v = 0.1 (elasticity -0.3 below, -2.5
+        // above) versus a smooth one (elasticity -1 - 2v), 40 weeks with a
+        // little jitter.
+        let vs: Vec<f64> = (0..40).map(|i| -0.4 + f64::from(i) * 0.02).collect();
+        let kinked: Vec<f64> = vs
+            .iter()
+            .map(|&v| {
+                if v < 0.1 {
+                    -0.3 * (v - 0.1)
+                } else {
+                    -2.5 * (v - 0.1)
+                }
+            })
+            .collect();
+        let smooth: Vec<f64> = vs.iter().map(|&v| -v - v * v).collect();
+        let jitter: Vec<f64> = (0..40)
+            .map(|i| 0.01 * f64::from((i * 7) % 5) - 0.02)
+            .collect();
+        let prior = Prior {
+            mean: [-1.0, 0.0],
+            sd: [1.0, 1.0],
+            noise_var: 0.01,
         };
-        let range = (-0.4, 0.3);
-        let mut last = f64::INFINITY;
-        for i in 0..400 {
-            let v = -2.0 + f64::from(i) * 0.01;
-            let d = c.log_demand(v, range);
-            assert!(d <= last + 1e-12, "rises at {v}");
-            last = d;
-        }
+        let fit = |y: &[f64]| {
+            let y: Vec<f64> = y.iter().zip(&jitter).map(|(a, b)| a + b).collect();
+            fit_product(&vs, &y, &prior, 8.0, true)
+        };
+        let k = fit(&kinked);
+        assert_eq!(k.family, Family::Hinge, "{k:?}");
+        assert!((k.knots[0] - 0.1).abs() < 0.06, "knot at {}", k.knots[0]);
+        assert!(
+            (k.slopes[0] + 0.3).abs() < 0.2 && (k.slopes[1] + 2.5).abs() < 0.3,
+            "{:?}",
+            k.slopes
+        );
+        let q = fit(&smooth);
+        assert_eq!(q.family, Family::Quadratic, "{q:?}");
+        assert!(
+            (q.elasticity(0.0) + 1.0).abs() < 0.15,
+            "{}",
+            q.elasticity(0.0)
+        );
     }
 
     #[test]

@@ -334,7 +334,13 @@ pub(crate) fn gate_stage(
 
     bar.set_message("gate: writing the release");
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for key in [&k.summary, &k.contexts, &k.preprocessor, &k.feature_names] {
+    for key in [
+        &k.summary,
+        &k.contexts,
+        &k.preprocessor,
+        &k.feature_names,
+        &k.response,
+    ] {
         files.push((key.clone(), w.get(key)?));
     }
     for entry in &manifest.models {

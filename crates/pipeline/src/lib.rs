@@ -30,7 +30,9 @@ use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
 
 pub use gate::GateDecision;
 pub use retrain::{RetrainDecision, RetrainReport, retrain};
-pub use stages::{ArtifactKeys, etl_params, feature_params, preprocess_params, train_config};
+pub use stages::{
+    ArtifactKeys, etl_params, feature_params, preprocess_params, response_params, train_config,
+};
 
 /// The default `params.toml`, compiled in (used when no params file exists).
 pub const DEFAULT_PARAMS: &str = include_str!("../../../params.toml");
@@ -103,6 +105,9 @@ pub enum Stage {
     Split,
     /// Model matrices → tuned models, their metrics and the candidate manifest.
     Models,
+    /// Features → each product's price response (how its demand moves with
+    /// its own price), current price, level and bands.
+    Response,
     /// Drift, fairness and attributions → the report; promotes the candidate
     /// to the production manifest when they pass.
     Gate,
@@ -110,11 +115,12 @@ pub enum Stage {
 
 impl Stage {
     /// All stages in DAG order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Etl,
         Stage::Features,
         Stage::Split,
         Stage::Models,
+        Stage::Response,
         Stage::Gate,
     ];
 
@@ -125,6 +131,7 @@ impl Stage {
             Stage::Features => "features",
             Stage::Split => "split",
             Stage::Models => "models",
+            Stage::Response => "response",
             Stage::Gate => "gate",
         }
     }
@@ -208,9 +215,15 @@ impl<'a> PipelineConfig<'a> {
     pub fn stage_defs(&self) -> Result<Vec<(Stage, StageDef)>> {
         let keys = ArtifactKeys::new(self.effective_stockcode()?.as_deref());
         let priority = train_config(&self.params)?.priority;
+        let costs = self.params.opt_str("data.unit_costs")?.map(PathBuf::from);
         Ok(Stage::ALL
             .into_iter()
-            .map(|s| (s, stages::definition(s, &keys, &self.raw, &priority)))
+            .map(|s| {
+                (
+                    s,
+                    stages::definition(s, &keys, &self.raw, costs.as_deref(), &priority),
+                )
+            })
             .collect())
     }
 }

@@ -237,13 +237,26 @@ fn refit_stage(
         });
         if replace {
             let (files, hashes) = crate::stages::write_model(w, keys, candidate.as_ref())?;
+            // Recalibrated on the new validation window, like production was.
+            let calibration = match &entry.calibration {
+                Some(c) => models::GroupCalibration::fit(candidate.as_ref(), &val, &c.column)?,
+                None => None,
+            };
+            let (val_m, test_m) = match &calibration {
+                Some(c) => (
+                    models::calibrated_metrics(candidate.as_ref(), &val, c)?,
+                    models::calibrated_metrics(candidate.as_ref(), &test, c)?,
+                ),
+                None => (cand_val, evaluate(candidate.as_ref(), &test)?),
+            };
             entries.push(ManifestEntry {
                 kind: entry.kind,
                 files,
                 hashes,
                 hyper_params: candidate.hyper_params(),
-                val: cand_val,
-                test: evaluate(candidate.as_ref(), &test)?,
+                val: val_m,
+                test: test_m,
+                calibration,
             });
         } else {
             // The production model, copied from its release into the candidate.

@@ -12,8 +12,12 @@ use lineage::{
 };
 
 use crate::{PipelineConfig, Stage};
+use models::response::{Line, ResponseParams, Windows, fit_response};
 use models::tuning::TunerConfig;
-use models::{DesignMatrix, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig};
+use models::{
+    DesignMatrix, GroupCalibration, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig,
+    calibrated_metrics,
+};
 
 /// Boxed error of stage bodies.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,7 +27,10 @@ pub(crate) type StageResult = Result<StageReport, BoxError>;
 /// The lineage name of `stage` for these keys (`features@CODE` for one product).
 fn stage_name(k: &ArtifactKeys, stage: Stage) -> String {
     match (&k.stockcode, stage) {
-        (Some(code), Stage::Features | Stage::Split | Stage::Models | Stage::Gate) => {
+        (
+            Some(code),
+            Stage::Features | Stage::Split | Stage::Models | Stage::Response | Stage::Gate,
+        ) => {
             format!("{}@{code}", stage.name())
         }
         _ => stage.name().to_string(),
@@ -79,6 +86,7 @@ fn gate_deps(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<Dep> {
         &k.preprocessor,
         &k.feature_names,
         &k.candidate,
+        &k.response,
     ]
     .into_iter()
     .map(|key| Dep::Artifact(key.clone()))
@@ -97,6 +105,7 @@ pub(crate) fn definition(
     stage: Stage,
     k: &ArtifactKeys,
     raw: &Path,
+    unit_costs: Option<&Path>,
     priority: &[ModelKind],
 ) -> StageDef {
     let name = stage_name(k, stage);
@@ -175,6 +184,7 @@ pub(crate) fn definition(
                 "models.tuning_mlp_epochs",
                 "models.mlp_max_epochs",
                 "models.svr_rows",
+                "models.calibrate_groups",
                 "tuning.tuner",
                 "tuning.initial",
                 "tuning.iterations",
@@ -182,6 +192,33 @@ pub(crate) fn definition(
                 "tuning.grid_max_points",
             ]),
             outs: model_outs(k, priority),
+            code_version: code_version(env!("MODELS_SRC_HASH")),
+        },
+        Stage::Response => StageDef {
+            name,
+            deps: {
+                let mut deps = vec![
+                    Dep::Artifact(k.features.clone()),
+                    Dep::Artifact(k.window.clone()),
+                ];
+                if let Some(path) = unit_costs {
+                    deps.push(Dep::File {
+                        name: "unit_costs".into(),
+                        path: path.to_path_buf(),
+                    });
+                }
+                deps
+            },
+            params: keys(&[
+                "data.unit_costs",
+                "response.min_weeks",
+                "response.level_weeks",
+                "response.coverage",
+                "response.max_abs_elasticity",
+                "response.current_price_lines",
+                "response.decision_quantile",
+            ]),
+            outs: vec![k.response.clone()],
             code_version: code_version(env!("MODELS_SRC_HASH")),
         },
         Stage::Gate => StageDef {
@@ -262,6 +299,22 @@ pub fn train_config(p: &Params) -> Result<TrainConfig, LineageError> {
         svr_rows: p.usize("models.svr_rows")?,
         seed,
     })
+}
+
+/// `[response]` params.
+pub fn response_params(p: &Params) -> Result<ResponseParams, LineageError> {
+    let params = ResponseParams {
+        min_weeks: p.usize("response.min_weeks")?,
+        level_weeks: p.usize("response.level_weeks")?,
+        coverage: p.f64("response.coverage")?,
+        max_abs_elasticity: p.f64("response.max_abs_elasticity")?,
+        current_price_lines: p.usize("response.current_price_lines")?,
+        decision_quantile: p.f64("response.decision_quantile")?,
+    };
+    params
+        .validate()
+        .map_err(|e| LineageError::Params(e.to_string()))?;
+    Ok(params)
 }
 
 /// `[etl]` params.
@@ -392,7 +445,15 @@ pub(crate) fn run_stage(
         }
         Stage::Models => {
             let cfg = train_config(params)?;
-            runner.run(def, |w| models_stage(w, k, &cfg, bar))
+            let calibrate = params.opt_str("models.calibrate_groups")?;
+            runner.run(def, |w| models_stage(w, k, &cfg, calibrate, bar))
+        }
+        Stage::Response => {
+            let p = response_params(params)?;
+            let costs = params
+                .opt_str("data.unit_costs")?
+                .map(std::path::PathBuf::from);
+            runner.run(def, |w| response_stage(w, k, &p, costs.as_deref(), bar))
         }
         Stage::Gate => {
             let gp = crate::gate::gate_params(params)?;
@@ -541,6 +602,7 @@ fn models_stage(
     w: &mut StageWriter<'_>,
     k: &ArtifactKeys,
     cfg: &TrainConfig,
+    calibrate_on: Option<&str>,
     bar: &ProgressBar,
 ) -> StageResult {
     bar.set_message("reading model matrices");
@@ -561,6 +623,19 @@ fn models_stage(
     let mut metrics = serde_json::Map::new();
     for m in &outcome.models {
         let kind = m.model.kind();
+        // Group calibration on the validation window; the reported metrics
+        // are those of the calibrated model (what serves).
+        let calibration = match calibrate_on {
+            Some(column) => GroupCalibration::fit(m.model.as_ref(), &val, column)?,
+            None => None,
+        };
+        let (val_metrics, test_metrics) = match &calibration {
+            Some(c) => (
+                calibrated_metrics(m.model.as_ref(), &val, c)?,
+                calibrated_metrics(m.model.as_ref(), &test, c)?,
+            ),
+            None => (m.val, m.test),
+        };
         let (files, hashes) = write_model(w, k, m.model.as_ref())?;
         if let Some(study) = &m.study {
             w.put(
@@ -571,8 +646,10 @@ fn models_stage(
         metrics.insert(
             kind.name().into(),
             serde_json::json!({
-                "val": m.val,
-                "test": m.test,
+                "val": val_metrics,
+                "test": test_metrics,
+                "uncalibrated": { "val": m.val, "test": m.test },
+                "calibration": calibration,
                 "hyper_params": m.model.hyper_params(),
                 "tuning": m.study.as_ref().map(|s| serde_json::json!({
                     "tuner": s.tuner,
@@ -591,8 +668,9 @@ fn models_stage(
             files,
             hashes,
             hyper_params: m.model.hyper_params(),
-            val: m.val,
-            test: m.test,
+            val: val_metrics,
+            test: test_metrics,
+            calibration,
         });
     }
     for (kind, reason) in &outcome.failures {
@@ -614,6 +692,7 @@ fn models_stage(
         hyper_params: serde_json::json!({}),
         val: outcome.baseline.val,
         test: outcome.baseline.test,
+        calibration: None,
     };
     metrics.insert(
         "baseline".into(),
@@ -647,5 +726,75 @@ fn models_stage(
         rows_in: (train.len() + val.len() + test.len()) as u64,
         rows_out: manifest.models.len() as u64,
         metrics: serde_json::Value::Object(metrics),
+    })
+}
+
+/// Stage 5: features → each product's price response (`response/response.json`).
+fn response_stage(
+    w: &mut StageWriter<'_>,
+    k: &ArtifactKeys,
+    params: &ResponseParams,
+    unit_costs: Option<&Path>,
+    bar: &ProgressBar,
+) -> StageResult {
+    bar.set_message("reading features");
+    let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
+    let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
+    let costs = match unit_costs {
+        Some(path) => etl::read_unit_costs(path)?,
+        None => BTreeMap::new(),
+    };
+    let codes = table.stock_codes()?;
+    let ts = table.timestamps()?;
+    let price = table.numeric("unit_price")?;
+    let quantity = table.dataframe().column("quantity")?.i64()?;
+    let lines: Vec<Line<'_>> = (0..table.len())
+        .map(|i| Line {
+            stock_code: codes[i],
+            ts: ts[i],
+            price: price[i],
+            quantity: quantity.get(i).map_or(f64::NAN, |q| q as f64),
+        })
+        .collect();
+    bar.set_message(format!(
+        "fitting price responses from {} lines",
+        lines.len()
+    ));
+    let model = fit_response(
+        &lines,
+        &Windows {
+            start: window.start,
+            train_end: window.train_end,
+            val_end: window.val_end,
+        },
+        params,
+        &costs,
+    )?;
+    w.put(&k.response, &model.to_json()?)?;
+    let mut elasticities: Vec<f64> = model
+        .products
+        .iter()
+        .map(|p| p.weekly_elasticity(p.current_price).0)
+        .collect();
+    elasticities.sort_by(f64::total_cmp);
+    let q = |p: f64| {
+        elasticities
+            .get(((elasticities.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+    };
+    Ok(StageReport {
+        rows_in: lines.len() as u64,
+        rows_out: model.products.len() as u64,
+        metrics: serde_json::json!({
+            "products": model.products.len(),
+            "products_with_unit_cost": model.products.iter().filter(|p| p.unit_cost.is_some()).count(),
+            "weekly_band": model.weekly_band,
+            "line_band": model.line_band,
+            "weekly_elasticity_at_current_price": {
+                "p10": q(0.1), "median": q(0.5), "p90": q(0.9),
+            },
+            "mean_own_weight": model.products.iter().map(|p| p.own_weight).sum::<f64>() / model.products.len().max(1) as f64,
+            "diagnostics": model.diagnostics,
+        }),
     })
 }

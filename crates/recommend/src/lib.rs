@@ -46,10 +46,13 @@ use features::{FeatureRow, Preprocessor, PriceRef, ProductContexts, ProductSumma
 use std::time::Instant;
 
 use lineage::{ArtifactKeys, ArtifactStore, Pointer, Releases};
+use models::response::{ProductResponse, ResponseModel};
 use models::{Manifest, ModelKind, Regressor, SkippedModel};
 use serde::{Deserialize, Serialize};
 
-pub use request::{DEFAULT_PRICE_BINS, MAX_PRICE_BINS, MIN_PRICE_BINS, PriceRequest};
+pub use request::{
+    Basis, DEFAULT_PRICE_BINS, MAX_PRICE_BINS, MIN_PRICE_BINS, Objective, PriceEnding, PriceRequest,
+};
 
 /// Errors of the recommendation library.
 #[derive(Debug, thiserror::Error)]
@@ -91,18 +94,41 @@ pub enum RecommendError {
 pub type Result<T, E = RecommendError> = std::result::Result<T, E>;
 
 /// One point of the price curve.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct PricePoint {
     /// Candidate unit price (GBP).
     pub unit_price: f64,
-    /// Predicted quantity per sales line: mean over the contexts.
+    /// Predicted quantity on the request's basis: units per order line
+    /// (`line`) or units per week (`week`).
     pub quantity: f64,
-    /// 10th percentile of the predicted quantity over the contexts.
+    /// Low end of its band: `line`, the 10th percentile over the recent
+    /// buyers; `week`, the calibrated band's lower bound.
     pub quantity_min: f64,
-    /// 90th percentile of the predicted quantity over the contexts.
+    /// High end of its band (90th percentile, or the band's upper bound).
     pub quantity_max: f64,
     /// `unit_price × quantity`.
     pub predicted_sales: f64,
+    /// Units per order line (mean over the recent buyers).
+    pub line_quantity: f64,
+    /// Expected orders per week.
+    pub weekly_orders: f64,
+    /// Expected units per week.
+    pub weekly_units: f64,
+    /// Weekly units band, lower bound (nominal coverage in `band`).
+    pub weekly_units_lo: f64,
+    /// Weekly units band, upper bound.
+    pub weekly_units_hi: f64,
+    /// Expected revenue per week.
+    pub weekly_revenue: f64,
+    /// Expected profit per week, when a unit cost is known.
+    pub weekly_profit: Option<f64>,
+    /// The objective on the basis at this price.
+    pub objective_value: f64,
+    /// Whether the price satisfies the request's bounds (change, margin, ending).
+    pub feasible: bool,
+    /// Whether the price lies outside the prices the product was sold at
+    /// (the curve is extrapolated there at constant elasticity).
+    pub extrapolated: bool,
 }
 
 /// A model that failed for one request, and why.
@@ -115,7 +141,7 @@ pub struct Failover {
 }
 
 /// How the price grid was chosen.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PriceGrid {
     /// Lowest candidate price.
     pub unitprice_min: f64,
@@ -127,26 +153,108 @@ pub struct PriceGrid {
     pub rule: String,
 }
 
+/// An estimate with an 80 % band.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Estimate {
+    /// The estimate.
+    pub value: f64,
+    /// Lower end of the band.
+    pub lo: f64,
+    /// Upper end of the band.
+    pub hi: f64,
+}
+
+/// Expected gain of the recommended price over the current one.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Uplift {
+    /// Objective at the recommended price minus at the current price, on
+    /// the basis (per week or per line), with its 80 % band from the
+    /// response's uncertainty.
+    pub absolute: Estimate,
+    /// The same relative to the objective at the current price.
+    pub relative: Estimate,
+}
+
+/// Elasticity of demand (on the basis) with its 80 % band.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Elasticities {
+    /// At the current price.
+    pub current: Estimate,
+    /// At the recommended price.
+    pub recommended: Estimate,
+}
+
+/// Where the product's response came from.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ResponseSummary {
+    /// Weeks with sales in training.
+    pub weeks: usize,
+    /// Share of the response from the product's own data (0: all pooled).
+    pub own_weight: f64,
+    /// Lowest weekly price it was sold at.
+    pub observed_price_min: f64,
+    /// Highest weekly price it was sold at.
+    pub observed_price_max: f64,
+}
+
+/// The weekly band's calibration.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct BandCoverage {
+    /// Nominal coverage.
+    pub nominal: f64,
+    /// Measured on the validation window (where it was calibrated).
+    pub validation: f64,
+    /// Measured on the test window.
+    pub test: f64,
+}
+
 /// The answer to one [`PriceRequest`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Recommendation {
     /// Product.
     pub stockcode: String,
     /// Its most frequent description.
     pub description: String,
-    /// The sales-maximising grid price.
+    /// The recommended price: the feasible grid price with the largest
+    /// objective.
     pub optimal_unit_price: f64,
-    /// Predicted sales at that price.
+    /// `predicted_sales` at that price.
     pub max_predicted_sales: f64,
-    /// Predicted quantity at that price.
+    /// `quantity` at that price.
     pub optimal_quantity: f64,
+    /// What was maximised.
+    pub objective: Objective,
+    /// On which basis.
+    pub basis: Basis,
+    /// The product's current price (the median of its latest sales).
+    pub current_price: f64,
+    /// The unit cost used, if any.
+    pub unit_cost: Option<f64>,
+    /// Where it came from: `request` or `costs file`.
+    pub unit_cost_source: Option<String>,
+    /// Expected gain over keeping the current price.
+    pub uplift: Uplift,
+    /// The bound that stops the recommendation from going further, if one
+    /// does: `max_change`, `min_margin`.
+    pub active_bound: Option<String>,
+    /// `lower` or `upper` when the recommendation sits at that edge of the
+    /// grid: the data cannot say what happens beyond it.
+    pub at_grid_edge: Option<String>,
+    /// What a pricing manager should know about this answer, in words.
+    pub notes: Vec<String>,
+    /// Elasticities at the current and the recommended price.
+    pub elasticity: Elasticities,
+    /// Where the product's price response came from.
+    pub response: ResponseSummary,
+    /// Calibration of the weekly band.
+    pub band: BandCoverage,
     /// The price curve, by increasing price.
     pub curve: Vec<PricePoint>,
     /// The grid and its rule.
     pub grid: PriceGrid,
-    /// How many of the product's recent sales rows were used as contexts.
+    /// How many of the product's recent sales rows set the line level.
     pub contexts: usize,
-    /// The model that answered.
+    /// The model that set the line level.
     pub model: String,
     /// The production model set's version (from the manifest).
     pub model_version: String,
@@ -163,17 +271,17 @@ pub struct LegacyRow<'a> {
     pub stockcode: &'a str,
     /// Candidate price.
     pub unit_price: f64,
-    /// Predicted quantity (mean over contexts).
+    /// Predicted quantity on the basis.
     pub quantity: f64,
-    /// 10th percentile over contexts.
+    /// Low end of its band.
     pub quantity_min: f64,
-    /// 90th percentile over contexts.
+    /// High end of its band.
     pub quantity_max: f64,
     /// `unit_price × quantity`.
     pub predicted_sales: f64,
-    /// The sales-maximising price (same on every row).
+    /// The recommended price (same on every row).
     pub optimal_unit_price: f64,
-    /// Predicted sales at the optimum (same on every row).
+    /// `predicted_sales` at the recommended price (same on every row).
     pub max_predicted_sales: f64,
 }
 
@@ -181,13 +289,27 @@ impl Recommendation {
     /// The first number of the answer that is not finite, if any (a 200
     /// answer carries only finite numbers).
     pub fn first_non_finite(&self) -> Option<&'static str> {
-        let top = [
+        let e = |x: &Estimate| [x.value, x.lo, x.hi];
+        let mut top: Vec<(&'static str, f64)> = vec![
             ("optimal_unit_price", self.optimal_unit_price),
             ("max_predicted_sales", self.max_predicted_sales),
             ("optimal_quantity", self.optimal_quantity),
+            ("current_price", self.current_price),
             ("grid.unitprice_min", self.grid.unitprice_min),
             ("grid.unitprice_max", self.grid.unitprice_max),
+            ("band", self.band.nominal),
         ];
+        for (name, est) in [
+            ("uplift.absolute", &self.uplift.absolute),
+            ("uplift.relative", &self.uplift.relative),
+            ("elasticity.current", &self.elasticity.current),
+            ("elasticity.recommended", &self.elasticity.recommended),
+        ] {
+            top.extend(e(est).map(|v| (name, v)));
+        }
+        if let Some(c) = self.unit_cost {
+            top.push(("unit_cost", c));
+        }
         if let Some((name, _)) = top.iter().find(|(_, v)| !v.is_finite()) {
             return Some(name);
         }
@@ -198,6 +320,14 @@ impl Recommendation {
                 ("curve.quantity_min", p.quantity_min),
                 ("curve.quantity_max", p.quantity_max),
                 ("curve.predicted_sales", p.predicted_sales),
+                ("curve.line_quantity", p.line_quantity),
+                ("curve.weekly_orders", p.weekly_orders),
+                ("curve.weekly_units", p.weekly_units),
+                ("curve.weekly_units_lo", p.weekly_units_lo),
+                ("curve.weekly_units_hi", p.weekly_units_hi),
+                ("curve.weekly_revenue", p.weekly_revenue),
+                ("curve.weekly_profit", p.weekly_profit.unwrap_or(0.0)),
+                ("curve.objective_value", p.objective_value),
             ]
             .into_iter()
             .find(|(_, v)| !v.is_finite())
@@ -223,17 +353,10 @@ impl Recommendation {
     }
 }
 
-/// Model rows per prediction chunk: a request's working set is one chunk's
-/// matrix, and its deadline is checked between chunks.
-pub const ROWS_PER_CHUNK: usize = 2048;
-
-/// Why one model could not answer a request.
-enum Failure {
-    /// The deadline passed: no other model is tried.
-    Deadline,
-    /// The model failed: the next one is tried.
-    Model(String),
-}
+/// Posterior draws behind the decision and the uplift band.
+const UPLIFT_DRAWS: usize = 100;
+/// The two-sided normal quantile of an 80 % band.
+const Z80: f64 = 1.281_551_565_545;
 
 /// A model that loaded and passed its probe.
 struct ServingModel {
@@ -277,6 +400,7 @@ pub struct Recommender {
     skipped: Vec<SkippedModel>,
     cache_version: String,
     release: String,
+    response: ResponseModel,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -319,6 +443,7 @@ impl Recommender {
         let table = ProductContexts::from_parquet(&store.get(&k.contexts)?)?.table;
         let preprocessor = Preprocessor::from_json(&store.get(&k.preprocessor)?)?;
         let manifest = Manifest::from_json(&store.get(&k.manifest)?)?;
+        let response = ResponseModel::from_json(&store.get(&k.response)?)?;
         if manifest.feature_names != preprocessor.feature_names {
             return Err(RecommendError::Model(models::ModelError::Format {
                 model: "manifest".into(),
@@ -383,6 +508,7 @@ impl Recommender {
             skipped,
             cache_version,
             release: pointer.release.clone(),
+            response,
         })
     }
 
@@ -467,116 +593,150 @@ impl Recommender {
     }
 
     /// [`Recommender::recommend`], giving up with
-    /// [`RecommendError::DeadlineExceeded`] once `deadline` passes. The work
-    /// is done in chunks of about [`ROWS_PER_CHUNK`] model rows and the
-    /// deadline is checked between chunks, so abandoned work stops promptly
-    /// and a request never holds more than one chunk's matrix.
+    /// [`RecommendError::DeadlineExceeded`] once `deadline` passes (checked
+    /// between the steps of the computation).
     pub fn recommend_until(
         &self,
         request: &PriceRequest,
         deadline: Option<Instant>,
     ) -> Result<Recommendation> {
+        let past = || deadline.is_some_and(|d| Instant::now() >= d);
         request.validate()?;
         let product = self
             .summary
             .get(&request.stockcode)
             .ok_or_else(|| RecommendError::UnknownProduct(request.stockcode.clone()))?;
+        let response = self.response.get(&request.stockcode).ok_or_else(|| {
+            RecommendError::Model(models::ModelError::Format {
+                model: "response".into(),
+                reason: format!("no price response for {}", request.stockcode),
+            })
+        })?;
         let grid = request.grid(product)?;
+        let candidates = candidate_prices(&grid, request.price_ending)?;
+        let (unit_cost, unit_cost_source) = match (request.unit_cost, response.unit_cost) {
+            (Some(c), _) => (Some(c), Some("request".to_string())),
+            (None, Some(c)) => (Some(c), Some("costs file".to_string())),
+            (None, None) => (None, None),
+        };
+        for (needed, parameter) in [
+            (request.objective == Objective::Profit, "objective"),
+            (request.min_margin.is_some(), "min_margin"),
+        ] {
+            if needed && unit_cost.is_none() {
+                return Err(RecommendError::InvalidParameter {
+                    parameter,
+                    reason: format!(
+                        "needs a unit cost: pass unit_cost (none on file for {})",
+                        request.stockcode
+                    ),
+                });
+            }
+        }
+        if past() {
+            return Err(RecommendError::DeadlineExceeded);
+        }
+        // The level: the models' units per line for the product's recent
+        // buyers, at its current price (failing over between models).
         let contexts = self.contexts_for(request)?;
-        let prices = grid_prices(&grid);
+        let mut failovers = Vec::new();
+        let mut level = None;
+        for serving in &self.models {
+            match self.line_levels(serving, request, response.current_price, product, &contexts) {
+                Ok(levels) => {
+                    level = Some((serving.kind, levels));
+                    break;
+                }
+                Err(reason) => {
+                    tracing::warn!(model = serving.kind.name(), %reason, stockcode = %request.stockcode, "model failed for a request; failing over");
+                    failovers.push(Failover {
+                        model: serving.kind.name().into(),
+                        reason,
+                    });
+                }
+            }
+        }
+        let Some((kind, mut levels)) = level else {
+            return Err(RecommendError::NoModel(
+                failovers
+                    .iter()
+                    .map(|f| format!("{}: {}", f.model, f.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
+        };
+        if past() {
+            return Err(RecommendError::DeadlineExceeded);
+        }
+        levels.sort_by(f64::total_cmp);
+        let line_level = Level {
+            mean: levels.iter().sum::<f64>() / levels.len().max(1) as f64,
+            p10: quantile_sorted(&levels, 0.10),
+            p90: quantile_sorted(&levels, 0.90),
+        };
+        let rec = self.decide(Decision {
+            request,
+            product,
+            response,
+            grid,
+            candidates: &candidates,
+            line_level,
+            unit_cost,
+            unit_cost_source,
+            contexts: contexts.len(),
+            kind,
+            failovers,
+        })?;
+        match rec.first_non_finite() {
+            None => Ok(rec),
+            Some(field) => Err(RecommendError::NoModel(format!(
+                "the answer for {} has a non-finite {field}",
+                request.stockcode
+            ))),
+        }
+    }
+
+    /// Units per order line at `price` for each context (the model's level);
+    /// why not, when the model fails.
+    fn line_levels(
+        &self,
+        serving: &ServingModel,
+        request: &PriceRequest,
+        price: f64,
+        product: &features::SummaryRow,
+        contexts: &[(&str, FeatureRow<'static>)],
+    ) -> Result<Vec<f64>, String> {
         let reference = PriceRef {
             max: product.ref_price_max,
             mean: product.ref_price_mean,
             median: product.ref_price_median,
         };
-
-        let mut failovers = Vec::new();
-        for serving in &self.models {
-            let answer = self
-                .predict_grid(serving, request, &prices, &contexts, &reference, deadline)
-                .and_then(|log_quantity| {
-                    let rec = self.decide(
-                        request,
-                        product,
-                        grid.clone(),
-                        &prices,
-                        contexts.len(),
-                        &log_quantity,
-                        serving.kind,
-                        failovers.clone(),
-                    );
-                    match rec.first_non_finite() {
-                        None => Ok(rec),
-                        Some(field) => Err(Failure::Model(format!(
-                            "its answer has a non-finite {field}"
-                        ))),
-                    }
-                });
-            let reason = match answer {
-                Ok(rec) => return Ok(rec),
-                Err(Failure::Deadline) => return Err(RecommendError::DeadlineExceeded),
-                Err(Failure::Model(reason)) => reason,
-            };
-            tracing::warn!(model = serving.kind.name(), %reason, stockcode = %request.stockcode, "model failed for a request; failing over");
-            failovers.push(Failover {
-                model: serving.kind.name().into(),
-                reason,
-            });
+        let (rel_max, rel_mean, rel_median, squared, log1p) =
+            features::price_features(price, &reference);
+        let rows: Vec<FeatureRow<'_>> = contexts
+            .iter()
+            .map(|(country, ctx)| FeatureRow {
+                stock_code: &request.stockcode,
+                country,
+                unit_price: price,
+                price_rel_max: rel_max,
+                price_rel_mean: rel_mean,
+                price_rel_median: rel_median,
+                price_squared: squared,
+                log1p_price: log1p,
+                ..*ctx
+            })
+            .collect();
+        let x = self.preprocessor.transform(&rows);
+        let pred = serving.model.predict(x.view()).map_err(|e| e.to_string())?;
+        if let Some(bad) = pred.iter().find(|v| !v.is_finite()) {
+            return Err(format!("predicted {bad}"));
         }
-        Err(RecommendError::NoModel(
-            failovers
-                .iter()
-                .map(|f| format!("{}: {}", f.model, f.reason))
-                .collect::<Vec<_>>()
-                .join("; "),
-        ))
-    }
-
-    /// ln(1 + quantity) for every (price, context) pair, price-major, chunk
-    /// by chunk.
-    fn predict_grid(
-        &self,
-        serving: &ServingModel,
-        request: &PriceRequest,
-        prices: &[f64],
-        contexts: &[(&str, FeatureRow<'static>)],
-        reference: &PriceRef,
-        deadline: Option<Instant>,
-    ) -> Result<Vec<f64>, Failure> {
-        let per_chunk = (ROWS_PER_CHUNK / contexts.len().max(1)).max(1);
-        let mut out = Vec::with_capacity(prices.len() * contexts.len());
-        let mut rows: Vec<FeatureRow<'_>> = Vec::with_capacity(per_chunk * contexts.len());
-        for chunk in prices.chunks(per_chunk) {
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Err(Failure::Deadline);
-            }
-            rows.clear();
-            for &price in chunk {
-                let (rel_max, rel_mean, rel_median, squared, log1p) =
-                    features::price_features(price, reference);
-                rows.extend(contexts.iter().map(|(country, ctx)| FeatureRow {
-                    stock_code: &request.stockcode,
-                    country,
-                    unit_price: price,
-                    price_rel_max: rel_max,
-                    price_rel_mean: rel_mean,
-                    price_rel_median: rel_median,
-                    price_squared: squared,
-                    log1p_price: log1p,
-                    ..*ctx
-                }));
-            }
-            let x = self.preprocessor.transform(&rows);
-            let pred = serving
-                .model
-                .predict(x.view())
-                .map_err(|e| Failure::Model(e.to_string()))?;
-            if let Some(bad) = pred.iter().find(|v| !v.is_finite()) {
-                return Err(Failure::Model(format!("predicted {bad}")));
-            }
-            out.extend(pred.iter());
+        let units: Vec<f64> = pred.iter().map(|y| y.exp_m1().max(0.0)).collect();
+        if let Some(bad) = units.iter().find(|v| !v.is_finite()) {
+            return Err(format!("predicts {bad} units"));
         }
-        Ok(out)
+        Ok(units)
     }
 
     /// The product's contexts with their country resolved.
@@ -608,67 +768,305 @@ impl Recommender {
             .collect())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn decide(
-        &self,
-        request: &PriceRequest,
-        product: &features::SummaryRow,
-        grid: PriceGrid,
-        prices: &[f64],
-        n_contexts: usize,
-        log_quantity: &[f64],
-        kind: ModelKind,
-        failovers: Vec<Failover>,
-    ) -> Recommendation {
-        let mut curve = Vec::with_capacity(prices.len());
-        let mut quantities = vec![0.0; n_contexts];
-        for (i, &price) in prices.iter().enumerate() {
-            let chunk = &log_quantity[i * n_contexts..(i + 1) * n_contexts];
-            for (q, y) in quantities.iter_mut().zip(chunk) {
-                *q = y.exp_m1().max(0.0);
-            }
-            let mean = quantities.iter().sum::<f64>() / n_contexts as f64;
-            quantities.sort_by(f64::total_cmp);
-            curve.push(PricePoint {
-                unit_price: price,
-                quantity: mean,
-                quantity_min: quantile_sorted(&quantities, 0.10),
-                quantity_max: quantile_sorted(&quantities, 0.90),
-                predicted_sales: price * mean,
-            });
+    /// The curve, the constrained optimum and what to say about it.
+    fn decide(&self, d: Decision<'_>) -> Result<Recommendation> {
+        let Decision {
+            request,
+            product,
+            response,
+            grid,
+            candidates,
+            line_level,
+            unit_cost,
+            unit_cost_source,
+            contexts,
+            kind,
+            failovers,
+        } = d;
+        let basis = request.basis.unwrap_or(Basis::DEFAULT);
+        let cost = match request.objective {
+            Objective::Revenue => 0.0,
+            Objective::Profit => unit_cost.unwrap_or(0.0),
+        };
+        let current = response.current_price;
+        let band = self.response.weekly_band;
+        let (observed_lo, observed_hi) = response.price_range;
+        // The feasible interval from the request's bounds.
+        let mut lo_bound: (f64, Option<&'static str>) = (f64::NEG_INFINITY, None);
+        let mut hi_bound: (f64, Option<&'static str>) = (f64::INFINITY, None);
+        if let Some(m) = request.max_change {
+            lo_bound = (current * (1.0 - m), Some("max_change"));
+            hi_bound = (current * (1.0 + m), Some("max_change"));
         }
-        let best = curve
+        if let (Some(m), Some(c)) = (request.min_margin, unit_cost) {
+            let floor = c / (1.0 - m);
+            if floor > lo_bound.0 {
+                lo_bound = (floor, Some("min_margin"));
+            }
+        }
+        let eps = 1e-9;
+        let value_of = |units: f64, price: f64| (price - cost) * units;
+        let curve: Vec<PricePoint> = candidates
             .iter()
-            .copied()
-            .reduce(|best, p| {
-                if p.predicted_sales > best.predicted_sales {
+            .map(|&price| {
+                let at = response.at(price);
+                let line_quantity = line_level.mean * at.relative_units_per_order;
+                let week_lo = at.weekly_units / band.smearing.max(1e-9) * band.lo.exp();
+                let week_hi = at.weekly_units / band.smearing.max(1e-9) * band.hi.exp();
+                let (quantity, quantity_min, quantity_max) = match basis {
+                    Basis::Line => (
+                        line_quantity,
+                        line_level.p10 * at.relative_units_per_order,
+                        line_level.p90 * at.relative_units_per_order,
+                    ),
+                    Basis::Week => (at.weekly_units, week_lo, week_hi),
+                };
+                PricePoint {
+                    unit_price: price,
+                    quantity,
+                    quantity_min,
+                    quantity_max,
+                    predicted_sales: price * quantity,
+                    line_quantity,
+                    weekly_orders: at.orders,
+                    weekly_units: at.weekly_units,
+                    weekly_units_lo: week_lo,
+                    weekly_units_hi: week_hi,
+                    weekly_revenue: price * at.weekly_units,
+                    weekly_profit: unit_cost.map(|c| (price - c) * at.weekly_units),
+                    objective_value: value_of(quantity, price),
+                    feasible: price >= lo_bound.0 - eps && price <= hi_bound.0 + eps,
+                    extrapolated: price < observed_lo - eps || price > observed_hi + eps,
+                }
+            })
+            .collect();
+        let best_of = |points: &mut dyn Iterator<Item = &PricePoint>| -> Option<PricePoint> {
+            points.copied().reduce(|best, p| {
+                if p.objective_value > best.objective_value {
                     p
                 } else {
                     best
                 }
             })
-            .unwrap_or(PricePoint {
-                unit_price: f64::NAN,
-                quantity: f64::NAN,
-                quantity_min: f64::NAN,
-                quantity_max: f64::NAN,
-                predicted_sales: f64::NAN,
-            });
-        Recommendation {
+        };
+        // The decision: the feasible price whose uplift over the current
+        // price has the largest `decision_quantile` over the response's
+        // posterior draws. Each draw's curve is relative to the current
+        // price, so the uplift of price p under draw d is
+        // `(p − c)·level·exp(ln D_d(p) − ln D_d(current)) − (current − c)·level`.
+        let draws = response.posterior_draws(UPLIFT_DRAWS);
+        let q = self.response.params.decision_quantile;
+        let level_now = match basis {
+            Basis::Line => line_level.mean,
+            Basis::Week => response.at(current).weekly_units,
+        };
+        let value_now = value_of(level_now, current);
+        let v_of = |price: f64| (price.max(1e-9) / response.ref_price).ln();
+        let draw_curves: Vec<(&models::response::Curve, f64)> = draws
+            .iter()
+            .map(|(weekly, units)| {
+                let c = match basis {
+                    Basis::Line => units,
+                    Basis::Week => weekly,
+                };
+                (c, c.log_demand(v_of(current)))
+            })
+            .collect();
+        let gains_at = |price: f64| -> Vec<f64> {
+            let v = v_of(price);
+            let mut gains: Vec<f64> = draw_curves
+                .iter()
+                .map(|(c, base)| {
+                    value_of(level_now * (c.log_demand(v) - base).exp(), price) - value_now
+                })
+                .collect();
+            gains.sort_by(f64::total_cmp);
+            gains
+        };
+        // At 0.5 the plug-in curve decides: the same answer up to draw noise,
+        // without scoring every price over every draw.
+        let median_rule = (q - 0.5).abs() < 1e-12;
+        let scored: Vec<(f64, &PricePoint)> = curve
+            .iter()
+            .filter(|p| p.feasible)
+            .map(|p| {
+                let s = if median_rule {
+                    p.objective_value
+                } else {
+                    quantile_sorted(&gains_at(p.unit_price), q)
+                };
+                (s, p)
+            })
+            .collect();
+        let best = scored
+            .iter()
+            .copied()
+            .reduce(|best, x| if x.0 > best.0 { x } else { best })
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+            RecommendError::InvalidParameter {
+                parameter: lo_bound.1.or(hi_bound.1).unwrap_or("num_price_bins"),
+                reason: format!(
+                    "no candidate price in {:.2}..{:.2} satisfies the bounds (allowed {:.2}..{:.2})",
+                    grid.unitprice_min,
+                    grid.unitprice_max,
+                    lo_bound.0.max(0.0),
+                    hi_bound.0
+                ),
+            }
+        })?;
+        // Which bound stops it, or which grid edge it sits on.
+        let unconstrained = best_of(&mut curve.iter());
+        let feasible_prices: Vec<f64> = curve
+            .iter()
+            .filter(|p| p.feasible)
+            .map(|p| p.unit_price)
+            .collect();
+        let mut active_bound = None;
+        if unconstrained.is_some_and(|u| u.unit_price != best.unit_price) {
+            if feasible_prices.first() == Some(&best.unit_price) {
+                active_bound = lo_bound.1.map(str::to_string);
+            } else if feasible_prices.last() == Some(&best.unit_price) {
+                active_bound = hi_bound.1.map(str::to_string);
+            }
+        }
+        let at_grid_edge = if active_bound.is_some() {
+            None
+        } else if candidates.first() == Some(&best.unit_price) {
+            Some("lower".to_string())
+        } else if candidates.last() == Some(&best.unit_price) {
+            Some("upper".to_string())
+        } else {
+            None
+        };
+        let mut notes = Vec::new();
+        if let Some(edge) = &at_grid_edge {
+            notes.push(format!(
+                "the recommendation is the {edge} end of the price grid: the objective still improves towards it, and the data cannot say what happens beyond it"
+            ));
+        }
+        if best.extrapolated {
+            notes.push(format!(
+                "the recommended price is outside the prices the product sold at ({observed_lo:.2}..{observed_hi:.2}): its curve there is extrapolated at constant elasticity"
+            ));
+        }
+        if response.own_weight < 0.2 {
+            notes.push(
+                "little own price variation: the response is mostly the pooled response of all products".into(),
+            );
+        }
+        if let Some(bound) = &active_bound {
+            notes.push(format!("the {bound} bound stops the recommendation"));
+        }
+        if basis == Basis::Line {
+            notes.push("line basis: the price's effect on the number of orders is ignored".into());
+        }
+
+        // Uplift over the current price, and its band from the response's
+        // posterior.
+        let uplift_abs = best.objective_value - value_now;
+        let abs_sorted = gains_at(best.unit_price);
+        let mut rel_sorted: Vec<f64> = abs_sorted
+            .iter()
+            .map(|g| {
+                if value_now.abs() > 1e-12 {
+                    g / value_now
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        // (A negative value now — profit below cost — reverses the order.)
+        rel_sorted.sort_by(f64::total_cmp);
+        let uplift = Uplift {
+            absolute: Estimate {
+                value: uplift_abs,
+                lo: quantile_sorted(&abs_sorted, 0.1),
+                hi: quantile_sorted(&abs_sorted, 0.9),
+            },
+            relative: Estimate {
+                value: if value_now.abs() > 1e-12 {
+                    uplift_abs / value_now
+                } else {
+                    0.0
+                },
+                lo: quantile_sorted(&rel_sorted, 0.1),
+                hi: quantile_sorted(&rel_sorted, 0.9),
+            },
+        };
+        let elasticity_at = |price: f64| {
+            let (e, sd) = match basis {
+                Basis::Line => response.line_elasticity(price),
+                Basis::Week => response.weekly_elasticity(price),
+            };
+            Estimate {
+                value: e,
+                lo: e - Z80 * sd,
+                hi: (e + Z80 * sd).min(0.0),
+            }
+        };
+        Ok(Recommendation {
             stockcode: request.stockcode.clone(),
             description: product.description.clone(),
             optimal_unit_price: best.unit_price,
             max_predicted_sales: best.predicted_sales,
             optimal_quantity: best.quantity,
+            objective: request.objective,
+            basis,
+            current_price: current,
+            unit_cost,
+            unit_cost_source,
+            uplift,
+            active_bound,
+            at_grid_edge,
+            notes,
+            elasticity: Elasticities {
+                current: elasticity_at(current),
+                recommended: elasticity_at(best.unit_price),
+            },
+            response: ResponseSummary {
+                weeks: response.weeks,
+                own_weight: response.own_weight,
+                observed_price_min: observed_lo,
+                observed_price_max: observed_hi,
+            },
+            band: BandCoverage {
+                nominal: self.response.params.coverage,
+                validation: band.validation_coverage,
+                test: band.test_coverage,
+            },
             curve,
             grid,
-            contexts: n_contexts,
+            contexts,
             model: kind.name().into(),
             model_version: self.manifest.model_version.clone(),
             release: self.release.clone(),
             failovers,
-        }
+        })
     }
+}
+
+/// Mean and 10th/90th percentiles of the line level over the contexts.
+#[derive(Debug, Clone, Copy)]
+struct Level {
+    mean: f64,
+    p10: f64,
+    p90: f64,
+}
+
+/// Everything [`Recommender::decide`] needs.
+struct Decision<'a> {
+    request: &'a PriceRequest,
+    product: &'a features::SummaryRow,
+    response: &'a ProductResponse,
+    grid: PriceGrid,
+    candidates: &'a [f64],
+    line_level: Level,
+    unit_cost: Option<f64>,
+    unit_cost_source: Option<String>,
+    contexts: usize,
+    kind: ModelKind,
+    failovers: Vec<Failover>,
 }
 
 /// `n` evenly spaced prices from min to max, both included.
@@ -684,6 +1082,36 @@ fn grid_prices(grid: &PriceGrid) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// The candidate prices: the grid, or with a price ending, every price in
+/// the grid's range that ends so (in pence; at most [`MAX_PRICE_BINS`]).
+fn candidate_prices(grid: &PriceGrid, ending: Option<PriceEnding>) -> Result<Vec<f64>> {
+    let Some(ending) = ending else {
+        return Ok(grid_prices(grid));
+    };
+    let lo = (grid.unitprice_min * 100.0).ceil() as i64;
+    let hi = (grid.unitprice_max * 100.0).floor() as i64;
+    let mut prices: Vec<f64> = (lo..=hi)
+        .filter(|&p| ending.accepts_pence(p))
+        .map(|p| p as f64 / 100.0)
+        .collect();
+    if prices.len() > MAX_PRICE_BINS {
+        let step = prices.len().div_ceil(MAX_PRICE_BINS);
+        prices = prices.into_iter().step_by(step).collect();
+    }
+    if prices.is_empty() {
+        return Err(RecommendError::InvalidParameter {
+            parameter: "price_ending",
+            reason: format!(
+                "no price between {:.2} and {:.2} ends in {}",
+                grid.unitprice_min,
+                grid.unitprice_max,
+                ending.name()
+            ),
+        });
+    }
+    Ok(prices)
 }
 
 /// Linear-interpolation quantile of sorted values (numpy's default).

@@ -2,6 +2,7 @@
 //! rule and the normalised cache key.
 
 use features::SummaryRow;
+use serde::{Deserialize, Serialize};
 
 use crate::{PriceGrid, RecommendError, Result};
 
@@ -41,6 +42,88 @@ pub struct PriceRequest {
     pub country: Option<String>,
     /// A registered customer's id: prices for registered customers.
     pub customer_id: Option<String>,
+    /// What to maximise (default: revenue).
+    pub objective: Objective,
+    /// Per order line or per week (default: [`Basis::DEFAULT`]).
+    pub basis: Option<Basis>,
+    /// Unit cost for `profit` and `min_margin` (default: the product's cost on
+    /// file, if any).
+    pub unit_cost: Option<f64>,
+    /// Largest change from the current price, as a fraction (0.1: ±10 %).
+    pub max_change: Option<f64>,
+    /// Candidate prices must end like this.
+    pub price_ending: Option<PriceEnding>,
+    /// Smallest margin `(price − cost) / price`, as a fraction.
+    pub min_margin: Option<f64>,
+}
+
+/// What a recommendation maximises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// `price × quantity`.
+    #[default]
+    Revenue,
+    /// `(price − unit cost) × quantity`.
+    Profit,
+}
+
+/// The quantity a recommendation maximises over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// Units per order line at the product's recent buyers (the original's
+    /// basis: it ignores that a price also changes how many orders come).
+    Line,
+    /// Units per week: orders per week × units per order.
+    Week,
+}
+
+impl Default for Basis {
+    fn default() -> Self {
+        Basis::DEFAULT
+    }
+}
+
+impl Basis {
+    /// The default basis: per week. The backtest (`cargo xtask backtest`,
+    /// README) shows the line basis recommends edge prices whenever orders
+    /// respond to price, because it cannot see them.
+    pub const DEFAULT: Basis = Basis::Week;
+}
+
+/// How candidate prices must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PriceEnding {
+    /// `x.99`.
+    #[serde(rename = "99")]
+    Ninety9,
+    /// `x.49` or `x.99`.
+    #[serde(rename = "49")]
+    Forty9,
+    /// Multiples of 0.05.
+    #[serde(rename = "0.05")]
+    Step05,
+}
+
+impl PriceEnding {
+    /// Whether a price in pence ends like this.
+    pub fn accepts_pence(self, pence: i64) -> bool {
+        match self {
+            PriceEnding::Ninety9 => pence % 100 == 99,
+            PriceEnding::Forty9 => matches!(pence % 100, 49 | 99),
+            PriceEnding::Step05 => pence % 5 == 0,
+        }
+    }
+
+    /// The parameter value.
+    pub fn name(self) -> &'static str {
+        match self {
+            PriceEnding::Ninety9 => "99",
+            PriceEnding::Forty9 => "49",
+            PriceEnding::Step05 => "0.05",
+        }
+    }
 }
 
 impl PriceRequest {
@@ -53,7 +136,26 @@ impl PriceRequest {
             num_price_bins: DEFAULT_PRICE_BINS,
             country: None,
             customer_id: None,
+            objective: Objective::Revenue,
+            basis: None,
+            unit_cost: None,
+            max_change: None,
+            price_ending: None,
+            min_margin: None,
         }
+    }
+
+    /// Maximise profit with this unit cost.
+    pub fn profit(mut self, unit_cost: f64) -> Self {
+        self.objective = Objective::Profit;
+        self.unit_cost = Some(unit_cost);
+        self
+    }
+
+    /// Sets the basis.
+    pub fn basis(mut self, basis: Basis) -> Self {
+        self.basis = Some(basis);
+        self
     }
 
     /// Sets both price bounds.
@@ -86,6 +188,12 @@ impl PriceRequest {
                 "num_price_bins",
                 "country",
                 "customerid",
+                "objective",
+                "basis",
+                "unit_cost",
+                "max_change",
+                "price_ending",
+                "min_margin",
             ];
             let Some(&parameter) = known.iter().find(|k| **k == name) else {
                 return Err(RecommendError::InvalidParameter {
@@ -120,7 +228,47 @@ impl PriceRequest {
                     })?
                 }
                 "country" => req.country = Some(value.to_string()),
-                _ => req.customer_id = Some(value.to_string()),
+                "customerid" => req.customer_id = Some(value.to_string()),
+                "objective" => {
+                    req.objective = match value {
+                        "revenue" => Objective::Revenue,
+                        "profit" => Objective::Profit,
+                        _ => {
+                            return Err(invalid(
+                                parameter,
+                                &format!("`{}` is not revenue or profit", truncate(value)),
+                            ));
+                        }
+                    }
+                }
+                "basis" => {
+                    req.basis = Some(match value {
+                        "line" => Basis::Line,
+                        "week" => Basis::Week,
+                        _ => {
+                            return Err(invalid(
+                                parameter,
+                                &format!("`{}` is not line or week", truncate(value)),
+                            ));
+                        }
+                    })
+                }
+                "unit_cost" => req.unit_cost = Some(parse_number(parameter, value)?),
+                "max_change" => req.max_change = Some(parse_number(parameter, value)?),
+                "min_margin" => req.min_margin = Some(parse_number(parameter, value)?),
+                _ => {
+                    req.price_ending = Some(match value {
+                        "99" | ".99" | "0.99" => PriceEnding::Ninety9,
+                        "49" | ".49" | "0.49" => PriceEnding::Forty9,
+                        "0.05" | ".05" | "5" => PriceEnding::Step05,
+                        _ => {
+                            return Err(invalid(
+                                parameter,
+                                &format!("`{}` is not 99, 49 or 0.05", truncate(value)),
+                            ));
+                        }
+                    })
+                }
             }
         }
         req.validate()?;
@@ -222,6 +370,30 @@ impl PriceRequest {
                 &format!("`{}` is not a country name", truncate(c)),
             ));
         }
+        if let Some(c) = self.unit_cost
+            && !(c.is_finite() && (0.0..=MAX_UNIT_PRICE).contains(&c))
+        {
+            return Err(invalid(
+                "unit_cost",
+                &format!("{c} is not a cost in 0..={MAX_UNIT_PRICE}"),
+            ));
+        }
+        if let Some(m) = self.max_change
+            && !(m.is_finite() && m > 0.0 && m <= 1.0)
+        {
+            return Err(invalid(
+                "max_change",
+                &format!("{m} is not a fraction in (0, 1] (0.1 allows ±10 %)"),
+            ));
+        }
+        if let Some(m) = self.min_margin
+            && !(m.is_finite() && (0.0..1.0).contains(&m))
+        {
+            return Err(invalid(
+                "min_margin",
+                &format!("{m} is not a fraction in [0, 1) (0.3 is 30 %)"),
+            ));
+        }
         if let Some(id) = &self.customer_id {
             let digits = id.strip_suffix(".0").unwrap_or(id);
             if digits.is_empty() || digits.len() > 12 || !digits.bytes().all(|b| b.is_ascii_digit())
@@ -280,7 +452,7 @@ impl PriceRequest {
     pub fn cache_key(&self) -> String {
         let bound = |v: Option<f64>| v.map_or_else(|| "auto".to_string(), |v| format!("{v:?}"));
         format!(
-            "{}|{}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}",
             self.stockcode,
             bound(self.unitprice_min),
             bound(self.unitprice_max),
@@ -290,7 +462,13 @@ impl PriceRequest {
                 "registered"
             } else {
                 "*"
-            }
+            },
+            self.objective,
+            self.basis.unwrap_or(Basis::DEFAULT),
+            bound(self.unit_cost),
+            bound(self.max_change),
+            self.price_ending.map_or("*", PriceEnding::name),
+            bound(self.min_margin),
         )
     }
 }
@@ -309,6 +487,19 @@ fn truncate(s: &str) -> String {
         t.push('…');
     }
     t
+}
+
+fn parse_number(parameter: &'static str, value: &str) -> Result<f64> {
+    value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
+        .ok_or_else(|| {
+            invalid(
+                parameter,
+                &format!("`{}` is not a finite number", truncate(value)),
+            )
+        })
 }
 
 fn parse_price(parameter: &'static str, value: &str) -> Result<f64> {

@@ -328,31 +328,10 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let rec = Arc::new(Recommendation {
             stockcode: "85123A".into(),
-            description: String::new(),
-            optimal_unit_price: 1.0,
-            max_predicted_sales: 1.0,
-            optimal_quantity: 1.0,
-            curve: vec![
-                recommend::PricePoint {
-                    unit_price: 1.0,
-                    quantity: 1.0,
-                    quantity_min: 1.0,
-                    quantity_max: 1.0,
-                    predicted_sales: 1.0,
-                };
-                1000
-            ],
-            grid: recommend::PriceGrid {
-                unitprice_min: 1.0,
-                unitprice_max: 2.0,
-                num_price_bins: 1000,
-                rule: String::new(),
-            },
-            contexts: 1,
+            curve: vec![recommend::PricePoint::default(); 1000],
             model: "mlp".into(),
-            model_version: "v".into(),
             release: "r".into(),
-            failovers: Vec::new(),
+            ..Recommendation::default()
         });
         let one = entry_bytes(&rec);
         assert!(one > 40_000, "a 1000-point curve weighs {one} bytes");
