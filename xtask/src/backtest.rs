@@ -21,6 +21,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use etl::synth::market::{DemandShape, Market, MarketConfig, generate_market};
+use lineage::ArtifactStore;
 use recommend::{Basis, PriceRequest, Recommender};
 use serde::Serialize;
 
@@ -98,6 +99,12 @@ pub struct MarketScore {
     pub min_profit: f64,
     /// Share of recommendations at a grid edge (revenue).
     pub edge_share: f64,
+    /// Share of products whose true elasticity at the current price lies
+    /// inside the recommender's 80 % band.
+    pub elasticity_coverage: f64,
+    /// Mean predicted over mean realised weekly units on the test window
+    /// (the response stage's out-of-sample fit).
+    pub test_level_ratio: f64,
     /// Per product.
     pub per_product: Vec<ProductScore>,
 }
@@ -177,6 +184,21 @@ fn score(market: &Market, dir: &std::path::Path) -> Result<MarketScore> {
     };
     let rev = shares(&|s| s.captured);
     let lin = shares(&|s| s.captured_line);
+    let covered = per_product
+        .iter()
+        .filter(|s| {
+            let (_, lo, hi) = s.estimated_elasticity;
+            (lo..=hi).contains(&s.true_elasticity)
+        })
+        .count();
+    let response = models::response::ResponseModel::from_json(
+        &store.get(&lineage::ArtifactKeys::new(None).response)?,
+    )?;
+    let (mut predicted, mut realised) = (0.0, 0.0);
+    for b in &response.test_calibration.by_price_band {
+        predicted += b.predicted * b.weeks as f64;
+        realised += b.realised * b.weeks as f64;
+    }
     let pro = shares(&|s| s.captured_profit);
     Ok(MarketScore {
         seed: market.config.seed,
@@ -192,6 +214,8 @@ fn score(market: &Market, dir: &std::path::Path) -> Result<MarketScore> {
         min_profit: min(&pro),
         edge_share: per_product.iter().filter(|s| s.at_grid_edge).count() as f64
             / per_product.len().max(1) as f64,
+        elasticity_coverage: covered as f64 / per_product.len().max(1) as f64,
+        test_level_ratio: predicted / realised,
         per_product,
     })
 }
@@ -217,7 +241,7 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
                 score(&market, &dir).with_context(|| format!("{} seed {seed}", shape.name()))?;
             if !opts.json {
                 outln!(
-                    "{:<20} seed {:<3} products {:>3} ({:>3} with uplift) | revenue: median {:>6.3} min {:>7.3} | line basis: median {:>6.3} min {:>7.3} | profit ({:>3}): median {:>6.3} min {:>7.3} | at edge {:>4.0}%",
+                    "{:<20} seed {:<3} products {:>3} ({:>3} with uplift) | revenue: median {:>6.3} min {:>7.3} | line basis: median {:>6.3} min {:>7.3} | profit ({:>3}): median {:>6.3} min {:>7.3} | at edge {:>4.0}% | elasticity band covers {:>4.0}% | test level ratio {:.2}",
                     s.shape,
                     s.seed,
                     s.products,
@@ -229,7 +253,9 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
                     s.with_profit_uplift,
                     s.median_profit,
                     s.min_profit,
-                    100.0 * s.edge_share
+                    100.0 * s.edge_share,
+                    100.0 * s.elasticity_coverage,
+                    s.test_level_ratio
                 );
             }
             scores.push(s);

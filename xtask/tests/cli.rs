@@ -362,4 +362,10 @@ fn backtest_scores_recommendations_against_known_demand() {
     assert!(median >= 0.8, "week-basis median {median}");
     assert!(market["median_line"].as_f64().unwrap() < median, "{market}");
     assert!(market["median_profit"].as_f64().unwrap() >= 0.8, "{market}");
+    // The out-of-sample level is about right, and the elasticity band is
+    // not wildly overconfident (nominal 80 %).
+    let ratio = market["test_level_ratio"].as_f64().unwrap();
+    assert!((0.75..=1.33).contains(&ratio), "test level ratio {ratio}");
+    let coverage = market["elasticity_coverage"].as_f64().unwrap();
+    assert!(coverage >= 0.5, "elasticity band coverage {coverage}");
 }

@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runlock::now_unix;
+use crate::runlock::{now_unix, now_unix_ms};
 use crate::{ArtifactStore, LineageError, Result, content_hash};
 
 /// Where releases live in the store.
@@ -91,6 +91,10 @@ pub struct ReleaseInfo {
     pub scope: Option<String>,
     /// When it was written (seconds since the Unix epoch).
     pub created_at_unix: u64,
+    /// The same in milliseconds: orders releases written within one second
+    /// (absent, 0, in releases written before it existed).
+    #[serde(default)]
+    pub created_at_unix_ms: u64,
     /// What made it (`pipeline`, `retrain`).
     pub source: String,
     /// The gate's verdict.
@@ -99,6 +103,18 @@ pub struct ReleaseInfo {
     pub summary: serde_json::Value,
     /// Key inside the release → BLAKE3 of its content.
     pub files: BTreeMap<String, String>,
+}
+
+impl ReleaseInfo {
+    /// Creation time in milliseconds (second resolution for releases
+    /// written before milliseconds were recorded).
+    pub fn created_ms(&self) -> u64 {
+        if self.created_at_unix_ms > 0 {
+            self.created_at_unix_ms
+        } else {
+            self.created_at_unix.saturating_mul(1000)
+        }
+    }
 }
 
 /// The production pointer: which release serves, with the hash of each file.
@@ -210,11 +226,13 @@ impl<'a> Releases<'a> {
         for (key, bytes) in files {
             self.store.put(&Self::key_in(&id, key), bytes)?;
         }
+        let created_ms = now_unix_ms();
         let info = ReleaseInfo {
             version: 1,
             id: id.clone(),
             scope: self.scope.clone(),
-            created_at_unix: now_unix(),
+            created_at_unix: created_ms / 1000,
+            created_at_unix_ms: created_ms,
             source: source.to_string(),
             verdict,
             summary,
@@ -257,7 +275,7 @@ impl<'a> Releases<'a> {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by(|a, b| (a.created_at_unix, &a.id).cmp(&(b.created_at_unix, &b.id)));
+        out.sort_by(|a, b| (a.created_ms(), &a.id).cmp(&(b.created_ms(), &b.id)));
         Ok(out)
     }
 
@@ -532,5 +550,28 @@ impl ArtifactStore for ReleaseStore<'_> {
 
     fn delete(&self, key: &str) -> Result<()> {
         self.put(key, &[]).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalStore;
+
+    #[test]
+    fn releases_written_within_one_second_list_in_creation_order() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| LineageError::io("tempdir", e))?;
+        let store = LocalStore::new(dir.path())?;
+        let releases = Releases::new(&store, None);
+        let mut created = Vec::new();
+        for i in 0..6 {
+            let files = vec![("a.json".to_string(), format!("{i}").into_bytes())];
+            let info = releases.create(&files, "test", Verdict::passed(), serde_json::json!({}))?;
+            created.push(info.id);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let listed: Vec<String> = releases.list()?.into_iter().map(|r| r.id).collect();
+        assert_eq!(listed, created);
+        Ok(())
     }
 }

@@ -326,8 +326,9 @@ pub struct Band {
     pub validation_n: usize,
     /// Test observations.
     pub test_n: usize,
-    /// `mean(exp(residual))` on validation: turns a median-type prediction
-    /// into an expected value.
+    /// `mean(exp(residual))` on validation, residuals winsorised at their
+    /// 2.5th/97.5th percentiles: turns a median-type prediction into an
+    /// expected value.
     pub smearing: f64,
 }
 
@@ -350,6 +351,61 @@ pub struct ResponseModel {
     pub products: Vec<ProductResponse>,
     /// Fit diagnostics (counts, nuisance coefficients).
     pub diagnostics: BTreeMap<String, f64>,
+    /// Predicted against realised weekly units on the test window (the
+    /// training-window fit, out of sample), by price band and by decile of
+    /// price change.
+    #[serde(default)]
+    pub test_calibration: TestCalibration,
+}
+
+/// One bucket of [`TestCalibration`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBucket {
+    /// Lower edge of the bucket (log price relative, or log price change).
+    pub lo: f64,
+    /// Upper edge.
+    pub hi: f64,
+    /// Product-weeks in it.
+    pub weeks: usize,
+    /// Mean predicted weekly units.
+    pub predicted: f64,
+    /// Mean realised weekly units.
+    pub realised: f64,
+}
+
+/// Time-split calibration on the test window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TestCalibration {
+    /// By quintile of `ln(price / the product's reference price)`.
+    pub by_price_band: Vec<CalibrationBucket>,
+    /// By decile of `ln(price / the product's last training-window price)`.
+    pub by_price_change: Vec<CalibrationBucket>,
+}
+
+/// Buckets `(key, predicted, realised)` by `n` quantiles of the key.
+fn buckets(mut rows: Vec<(f64, f64, f64)>, n: usize) -> Vec<CalibrationBucket> {
+    rows.retain(|r| r.0.is_finite() && r.1.is_finite() && r.2.is_finite());
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let len = rows.len();
+    (0..n)
+        .filter_map(|i| {
+            let part = &rows[i * len / n..(i + 1) * len / n];
+            if part.is_empty() {
+                return None;
+            }
+            let k = part.len() as f64;
+            Some(CalibrationBucket {
+                lo: part[0].0,
+                hi: part[part.len() - 1].0,
+                weeks: part.len(),
+                predicted: part.iter().map(|r| r.1).sum::<f64>() / k,
+                realised: part.iter().map(|r| r.2).sum::<f64>() / k,
+            })
+        })
+        .collect()
 }
 
 impl ResponseModel {
@@ -1176,6 +1232,8 @@ pub fn fit_response(
     };
     let week_start = |w: &Week| week_start(w.week);
     let mut week_res: [Vec<f64>; 2] = [Vec::new(), Vec::new()]; // validation, test
+    // Test weeks: (log price vs reference, log price change, predicted, realised).
+    let mut test_rows: Vec<(f64, f64, f64, f64)> = Vec::new();
     let mut line_res: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for ((p, pr), tr) in prods.iter().zip(products.iter_mut()).zip(&train_products) {
         for (i, w) in p.all.iter().enumerate() {
@@ -1198,6 +1256,15 @@ pub fn fit_response(
             let pred_upo = lu + a.relative_units_per_order.ln();
             week_res[part].push(w.units.ln() - (pred_orders + pred_upo));
             line_res[part].push((w.units / w.orders).ln() - pred_upo);
+            if part == 1 {
+                let last_train = p.train.last().map_or(p.ref_price, |t| t.price);
+                test_rows.push((
+                    (w.price / p.ref_price).ln(),
+                    (w.price / last_train).ln(),
+                    (pred_orders + pred_upo).exp(),
+                    w.units,
+                ));
+            }
         }
         // Now: the level of the latest weeks, at the current price.
         let n = p.all.len();
@@ -1227,10 +1294,14 @@ pub fn fit_response(
                 s.iter().filter(|r| (lo..=hi).contains(*r)).count() as f64 / s.len() as f64
             }
         };
+        // Duan's smearing, on residuals winsorised at their 2.5th and
+        // 97.5th percentiles: a few weeks of bulk orders would otherwise set
+        // the expected level of every product.
         let smearing = if val.is_empty() {
             1.0
         } else {
-            val.iter().map(|r| r.exp()).sum::<f64>() / val.len() as f64
+            let (w_lo, w_hi) = (q(&val, 0.025), q(&val, 0.975));
+            val.iter().map(|r| r.clamp(w_lo, w_hi).exp()).sum::<f64>() / val.len() as f64
         };
         Band {
             lo,
@@ -1243,6 +1314,17 @@ pub fn fit_response(
         }
     };
     let weekly_band = band(&week_res);
+    let smear = weekly_band.smearing;
+    let test_calibration = TestCalibration {
+        by_price_band: buckets(
+            test_rows.iter().map(|r| (r.0, r.2 * smear, r.3)).collect(),
+            5,
+        ),
+        by_price_change: buckets(
+            test_rows.iter().map(|r| (r.1, r.2 * smear, r.3)).collect(),
+            10,
+        ),
+    };
     let line_band = band(&line_res);
     // Expected values: the level is a mean of logs; scale by the smearing
     // factor of the weekly residuals, split between the two parts.
@@ -1260,6 +1342,7 @@ pub fn fit_response(
         line_band,
         products,
         diagnostics,
+        test_calibration,
     })
 }
 
@@ -1361,6 +1444,27 @@ mod tests {
             "{}",
             q.elasticity(0.0)
         );
+    }
+
+    #[test]
+    fn buckets_split_by_quantiles_of_the_key_and_average_within() {
+        // Keys 0..10 (shuffled), predicted = key, realised = 2 * key; one
+        // non-finite row is dropped.
+        let mut rows: Vec<(f64, f64, f64)> = (0..10)
+            .map(|i| {
+                let k = f64::from((i * 7) % 10);
+                (k, k, 2.0 * k)
+            })
+            .collect();
+        rows.push((f64::NAN, 1.0, 1.0));
+        let b = buckets(rows, 5);
+        assert_eq!(b.len(), 5);
+        for (i, b) in b.iter().enumerate() {
+            let lo = 2.0 * i as f64;
+            assert_eq!((b.lo, b.hi, b.weeks), (lo, lo + 1.0, 2), "{b:?}");
+            assert_eq!((b.predicted, b.realised), (lo + 0.5, 2.0 * lo + 1.0));
+        }
+        assert!(buckets(Vec::new(), 5).is_empty());
     }
 
     #[test]

@@ -794,6 +794,7 @@ fn response_stage(
                 "p10": q(0.1), "median": q(0.5), "p90": q(0.9),
             },
             "mean_own_weight": model.products.iter().map(|p| p.own_weight).sum::<f64>() / model.products.len().max(1) as f64,
+            "test_calibration": model.test_calibration,
             "diagnostics": model.diagnostics,
         }),
     })
