@@ -48,8 +48,8 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
     let store = scenario.store("out");
     let releases = Releases::new(&store, None);
 
-    // The gate's own params: not overridden. LightGBM serves: the smoke
-    // budget's 3-epoch MLP fails the fairness check (see the last step).
+    // The gate's own params: not overridden; LightGBM first, Elastic Net
+    // as its backup.
     let gated = || {
         let mut p = fast_params();
         p.set("gate.override", false).unwrap();
@@ -186,13 +186,15 @@ fn the_gate_promotes_clean_data_blocks_drift_and_records_an_override() {
 
 #[test]
 fn the_gate_holds_back_an_unfair_model_and_fails_when_none_is_fair() {
-    // The smoke budget's MLP (3 epochs) predicts guests' quantities far below
-    // what the clean synthetic data shows; LightGBM does not.
+    // Uncalibrated, the smoke budget's MLP (3 epochs) predicts guests'
+    // quantities far below what the clean synthetic data shows; LightGBM
+    // does not. (Group calibration would make both fair.)
     let scenario = Scenario::new(700);
     let store = scenario.store("out");
     let params = |priority: Vec<&str>| {
         let mut p = fast_params();
         p.set("gate.override", false).unwrap();
+        p.set("models.calibrate_groups", "").unwrap();
         p.set(
             "models.priority",
             toml::Value::Array(priority.into_iter().map(Into::into).collect()),
@@ -242,4 +244,23 @@ fn the_gate_holds_back_an_unfair_model_and_fails_when_none_is_fair() {
     assert!(err.contains("no candidate model passes"), "{err}");
     assert!(!err.contains("data drift"), "{err}");
     assert_eq!(store.get("production.json").unwrap(), before);
+
+    // Group-calibrated (the default), the same MLP passes the same check.
+    let mut calibrated = params(vec!["mlp"]);
+    calibrated
+        .set("models.calibrate_groups", "is_registered")
+        .unwrap();
+    scenario.run(&store, calibrated).unwrap();
+    let kinds: Vec<String> = production_manifest(&store)
+        .models
+        .iter()
+        .map(|e| e.kind.name().to_string())
+        .collect();
+    assert_eq!(kinds, vec!["mlp"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&store.get("gate/report.json").unwrap()).unwrap();
+    let mlp = &report["fairness"][0];
+    assert_eq!(mlp["model"], "mlp");
+    let excess = mlp["report"]["excess_outcome_difference"].as_f64().unwrap();
+    assert!(excess.abs() <= 0.1, "{mlp}");
 }

@@ -84,7 +84,7 @@ enum Command {
         /// Re-run every stage.
         #[arg(long)]
         force: bool,
-        /// Stop after this stage (etl, features, split, models).
+        /// Stop after this stage (etl, features, split, models, response, gate).
         #[arg(long)]
         until: Option<String>,
     },

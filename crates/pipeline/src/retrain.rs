@@ -239,7 +239,12 @@ fn refit_stage(
             let (files, hashes) = crate::stages::write_model(w, keys, candidate.as_ref())?;
             // Recalibrated on the new validation window, like production was.
             let calibration = match &entry.calibration {
-                Some(c) => models::GroupCalibration::fit(candidate.as_ref(), &val, &c.column)?,
+                Some(c) => models::GroupCalibration::fit(
+                    candidate.as_ref(),
+                    &val,
+                    &c.column,
+                    c.half_life_days,
+                )?,
                 None => None,
             };
             let (val_m, test_m) = match &calibration {

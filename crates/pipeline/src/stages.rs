@@ -185,6 +185,7 @@ pub(crate) fn definition(
                 "models.mlp_max_epochs",
                 "models.svr_rows",
                 "models.calibrate_groups",
+                "models.calibration_half_life_days",
                 "tuning.tuner",
                 "tuning.initial",
                 "tuning.iterations",
@@ -445,7 +446,7 @@ pub(crate) fn run_stage(
         }
         Stage::Models => {
             let cfg = train_config(params)?;
-            let calibrate = params.opt_str("models.calibrate_groups")?;
+            let calibrate = calibration_params(params)?;
             runner.run(def, |w| models_stage(w, k, &cfg, calibrate, bar))
         }
         Stage::Response => {
@@ -596,13 +597,30 @@ pub(crate) fn probe_rows(val: &DesignMatrix, train: &DesignMatrix) -> Vec<Vec<f6
         .collect()
 }
 
+/// The group-calibration settings: the column (`models.calibrate_groups`,
+/// empty = off) and the recency half-life of the validation rows' weights
+/// (`models.calibration_half_life_days`, 0 = equal weights).
+pub fn calibration_params(p: &Params) -> Result<Option<(&str, Option<f64>)>, LineageError> {
+    let Some(column) = p.opt_str("models.calibrate_groups")? else {
+        return Ok(None);
+    };
+    let key = "models.calibration_half_life_days";
+    let h = p.f64(key)?;
+    if !(h.is_finite() && h >= 0.0) {
+        return Err(LineageError::Params(format!(
+            "`{key}` must be >= 0 (0: equal weights), found {h}"
+        )));
+    }
+    Ok(Some((column, (h > 0.0).then_some(h))))
+}
+
 /// Stage 4: model matrices → tuned, refit and evaluated models, and the
 /// candidate manifest (which the gate may promote).
 fn models_stage(
     w: &mut StageWriter<'_>,
     k: &ArtifactKeys,
     cfg: &TrainConfig,
-    calibrate_on: Option<&str>,
+    calibrate_on: Option<(&str, Option<f64>)>,
     bar: &ProgressBar,
 ) -> StageResult {
     bar.set_message("reading model matrices");
@@ -626,7 +644,9 @@ fn models_stage(
         // Group calibration on the validation window; the reported metrics
         // are those of the calibrated model (what serves).
         let calibration = match calibrate_on {
-            Some(column) => GroupCalibration::fit(m.model.as_ref(), &val, column)?,
+            Some((column, half_life)) => {
+                GroupCalibration::fit(m.model.as_ref(), &val, column, half_life)?
+            }
             None => None,
         };
         let (val_metrics, test_metrics) = match &calibration {
