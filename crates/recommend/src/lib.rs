@@ -613,7 +613,10 @@ impl Recommender {
             })
         })?;
         let grid = request.grid(product)?;
-        let candidates = candidate_prices(&grid, request.price_ending)?;
+        let mut candidates = candidate_prices(&grid, request.price_ending)?;
+        if request.price_ending.is_none() {
+            snap_to_current(&mut candidates, response.current_price);
+        }
         let (unit_cost, unit_cost_source) = match (request.unit_cost, response.unit_cost) {
             (Some(c), _) => (Some(c), Some("request".to_string())),
             (None, Some(c)) => (Some(c), Some("costs file".to_string())),
@@ -1084,6 +1087,27 @@ fn grid_prices(grid: &PriceGrid) -> Vec<f64> {
         .collect()
 }
 
+/// Moves the interior grid price nearest to `current` onto it, when
+/// `current` lies strictly inside the grid: "keep the current price" is
+/// then a candidate, scored exactly (zero uplift under every draw), and
+/// the recommendation is the current price itself, not a neighbour a
+/// fraction of a step away, whenever no move pays. The number of prices
+/// and both ends are unchanged; the order is kept.
+fn snap_to_current(prices: &mut [f64], current: f64) {
+    let n = prices.len();
+    if n < 3 || !(current > prices[0] && current < prices[n - 1]) {
+        return;
+    }
+    let nearest = (1..n - 1).min_by(|&a, &b| {
+        (prices[a] - current)
+            .abs()
+            .total_cmp(&(prices[b] - current).abs())
+    });
+    if let Some(i) = nearest {
+        prices[i] = current;
+    }
+}
+
 /// The candidate prices: the grid, or with a price ending, every price in
 /// the grid's range that ends so (in pence; at most [`MAX_PRICE_BINS`]).
 fn candidate_prices(grid: &PriceGrid, ending: Option<PriceEnding>) -> Result<Vec<f64>> {
@@ -1216,6 +1240,28 @@ mod tests {
             rec.recommend(&request),
             Err(RecommendError::NoModel(_))
         ));
+    }
+
+    #[test]
+    fn the_current_price_replaces_its_nearest_interior_grid_price() {
+        let grid = |n: usize| -> Vec<f64> { (0..n).map(|i| 1.0 + i as f64).collect() };
+        for (current, expected) in [
+            (3.3, vec![1.0, 2.0, 3.3, 4.0, 5.0]),
+            (1.1, vec![1.0, 1.1, 3.0, 4.0, 5.0]),
+            (4.9, vec![1.0, 2.0, 3.0, 4.9, 5.0]),
+            (3.0, vec![1.0, 2.0, 3.0, 4.0, 5.0]),
+            // Outside or on an end: unchanged.
+            (0.5, grid(5)),
+            (5.0, grid(5)),
+            (7.0, grid(5)),
+        ] {
+            let mut g = grid(5);
+            snap_to_current(&mut g, current);
+            assert_eq!(g, expected, "current {current}");
+        }
+        let mut two = grid(2);
+        snap_to_current(&mut two, 1.5);
+        assert_eq!(two, grid(2));
     }
 
     #[test]
