@@ -514,6 +514,33 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
         let units = p["weekly_units"].as_f64().unwrap();
         assert!((profit - (pr - current * 0.5) * units).abs() < 1e-6);
     }
+    // max_change alone: the grid is the allowed range around the current
+    // price, the current price is one of its prices, and an answer on the
+    // grid's edge names the bound.
+    let (status, _, rec) = call(
+        &router,
+        get(&format!("/v2/recommendation/{code}?max_change=0.1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rec}");
+    let (lo, hi) = (
+        rec["grid"]["unitprice_min"].as_f64().unwrap(),
+        rec["grid"]["unitprice_max"].as_f64().unwrap(),
+    );
+    assert!((lo - 0.9 * current).abs() < 1e-9 && (hi - 1.1 * current).abs() < 1e-9);
+    let prices: Vec<f64> = rec["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["unit_price"].as_f64().unwrap())
+        .collect();
+    assert_eq!(prices.len(), 100);
+    assert!(prices.contains(&current), "{current} not in {prices:?}");
+    let price = rec["optimal_unit_price"].as_f64().unwrap();
+    assert!(rec["at_grid_edge"].is_null(), "{rec}");
+    if price == lo || price == hi {
+        assert_eq!(rec["active_bound"], "max_change", "{rec}");
+    }
     // A minimum margin above what the grid allows is a clear 400.
     let (status, _, err) = call(
         &router,

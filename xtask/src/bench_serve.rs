@@ -50,6 +50,8 @@ pub struct ServeBench {
     pub bins: usize,
     /// The `serve` binary to run (default: the one beside this `xtask`).
     pub serve_binary: Option<PathBuf>,
+    /// `sweep`: extra query parameters of every request.
+    pub query: String,
 }
 
 struct Server(Child);
@@ -583,6 +585,7 @@ fn sweep(opts: &ServeBench) -> Result<()> {
     let products = top_products(&opts.artifacts, usize::MAX)?;
     let bench = start(opts, &["--no-cache"])?;
     let (client, base) = (bench.client.clone(), bench.base.clone());
+    let query = opts.query.trim_start_matches('?').to_string();
     let binary = opts.serve_binary.as_ref().map_or_else(
         || "serve beside xtask".to_string(),
         |b| b.display().to_string(),
@@ -590,9 +593,15 @@ fn sweep(opts: &ServeBench) -> Result<()> {
     bench.rt.block_on(async move {
         let mut h = Histogram::<u64>::new(3)?;
         let (mut monotone, mut lower, mut upper, mut interior, mut failed) = (0usize, 0, 0, 0, 0);
+        // Answers that keep the current price (servers that report it).
+        let (mut kept, mut raised, mut with_current) = (0usize, 0usize, 0usize);
         let mut rising: Vec<String> = Vec::new();
         for code in &products {
-            let uri = format!("{base}/v2/recommendation/{code}");
+            let uri = if query.is_empty() {
+                format!("{base}/v2/recommendation/{code}")
+            } else {
+                format!("{base}/v2/recommendation/{code}?{query}")
+            };
             let t = Instant::now();
             let req = hyper::Request::get(&uri).body(Empty::<Bytes>::new())?;
             let response = client.request(req).await?;
@@ -613,6 +622,11 @@ fn sweep(opts: &ServeBench) -> Result<()> {
                 rising.push(code.clone());
             }
             let best = v["optimal_unit_price"].as_f64().unwrap_or(f64::NAN);
+            if let Some(current) = v["current_price"].as_f64() {
+                with_current += 1;
+                kept += usize::from(current == best);
+                raised += usize::from(best > current);
+            }
             if prices.first() == Some(&best) {
                 lower += 1;
             } else if prices.last() == Some(&best) {
@@ -622,7 +636,15 @@ fn sweep(opts: &ServeBench) -> Result<()> {
             }
         }
         let n = (monotone + rising.len()).max(1) as f64;
-        outln!("sweep of {} products with {binary}", products.len());
+        outln!(
+            "sweep of {} products with {binary}{}",
+            products.len(),
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!(", ?{query}")
+            }
+        );
         report("/v2, 100 prices, uncached, 1 conn", &h, Duration::from_secs(1))?;
         outln!(
             "curves never rising with price: {monotone} of {} ({:.1} %); failed requests: {failed}",
@@ -635,6 +657,15 @@ fn sweep(opts: &ServeBench) -> Result<()> {
             100.0 * upper as f64 / n,
             100.0 * interior as f64 / n
         );
+        if with_current > 0 {
+            let share = |k: usize| 100.0 * k as f64 / with_current as f64;
+            outln!(
+                "against the current price: kept {:.1} %, raised {:.1} %, lowered {:.1} % (of {with_current})",
+                share(kept),
+                share(raised),
+                share(with_current - kept - raised)
+            );
+        }
         if !rising.is_empty() {
             outln!(
                 "rising curves (first 10): {}",

@@ -283,6 +283,10 @@ enum Command {
         /// `serve`: the serve binary to run (default: the one built beside xtask).
         #[arg(long)]
         serve_binary: Option<PathBuf>,
+        /// `serve --mode sweep`: extra query parameters of every request,
+        /// e.g. `max_change=0.1&objective=profit`.
+        #[arg(long, default_value = "")]
+        query: String,
         /// Dataset (default: `data.raw` in params).
         #[arg(long)]
         raw: Option<PathBuf>,
@@ -373,6 +377,7 @@ fn run(command: Command) -> Result<()> {
             reload_interval_secs,
             bins,
             serve_binary,
+            query,
             raw,
             runs,
             until,
@@ -389,6 +394,7 @@ fn run(command: Command) -> Result<()> {
                 reload_interval_secs,
                 bins,
                 serve_binary,
+                query,
             }),
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },

@@ -15,14 +15,20 @@
 //!    `unitprice_min` and `unitprice_max`. Defaults: the 5th and 95th
 //!    percentiles of the product's observed prices (robust to the data's
 //!    one-off mispricings); a product sold at a single price gets ±20 % around
-//!    it.
-//! 3. **Prediction.** The model predicts ln(1 + quantity) for every
-//!    (price, context) pair; quantities are `exp(ŷ) − 1` in units, clipped at 0.
-//!    At each price, `quantity` is the mean over contexts and
-//!    `quantity_min`/`quantity_max` are its 10th/90th percentiles.
-//! 4. **Decision.** `predicted_sales = price × quantity`; the optimal price is
-//!    the grid price with the largest predicted sales (the lowest such price
-//!    on ties).
+//!    it; with `max_change` and no bound given, the allowed range around the
+//!    current price. The interior price nearest the current price is moved
+//!    onto it, so "keep the current price" is always a candidate. With
+//!    `price_ending`, the candidates are the prices in that range that end so.
+//! 3. **Level and response.** The models predict ln(1 + quantity) for every
+//!    context at the product's current price: the level (units per order
+//!    line). The product's price response (`models::response`) carries it
+//!    across the grid: weekly orders, units per order and weekly units at
+//!    every price, never rising with price, with their bands.
+//! 4. **Decision.** The objective (revenue or profit, per week or per line)
+//!    at every feasible candidate; the recommendation is the candidate whose
+//!    uplift over the current price is best at `response.decision_quantile`
+//!    over the response's posterior draws, with the bound or grid edge that
+//!    stops it, the uplift and the elasticities with their bands.
 //!
 //! If the model in use returns an error or a non-finite value, the next model
 //! of the manifest answers the request and the failover is reported in the
@@ -612,7 +618,7 @@ impl Recommender {
                 reason: format!("no price response for {}", request.stockcode),
             })
         })?;
-        let grid = request.grid(product)?;
+        let grid = request.grid(product, response.current_price)?;
         let mut candidates = candidate_prices(&grid, request.price_ending)?;
         if request.price_ending.is_none() {
             snap_to_current(&mut candidates, response.current_price);
@@ -932,6 +938,17 @@ impl Recommender {
             } else if feasible_prices.last() == Some(&best.unit_price) {
                 active_bound = hi_bound.1.map(str::to_string);
             }
+        }
+        // A grid made from `max_change` ends where the bound does.
+        let grid_is_max_change = request.max_change.is_some()
+            && request.unitprice_min.is_none()
+            && request.unitprice_max.is_none();
+        if active_bound.is_none()
+            && grid_is_max_change
+            && (candidates.first() == Some(&best.unit_price)
+                || candidates.last() == Some(&best.unit_price))
+        {
+            active_bound = Some("max_change".to_string());
         }
         let at_grid_edge = if active_bound.is_some() {
             None

@@ -407,8 +407,26 @@ impl PriceRequest {
         Ok(())
     }
 
-    /// The candidate-price grid for `product` (see the crate docs for the rule).
-    pub fn grid(&self, product: &SummaryRow) -> Result<PriceGrid> {
+    /// The candidate-price grid for `product`, whose current price is
+    /// `current` (see the crate docs for the rule). With `max_change` and
+    /// neither bound given, the grid is the allowed range around the current
+    /// price: the question is then "which price within ±m", and the
+    /// observed range (often topped by the current price) must not hide it.
+    pub fn grid(&self, product: &SummaryRow, current: f64) -> Result<PriceGrid> {
+        if let (Some(m), None, None) = (self.max_change, self.unitprice_min, self.unitprice_max)
+            && current.is_finite()
+            && current > 0.0
+        {
+            return Ok(PriceGrid {
+                unitprice_min: (current * (1.0 - m)).max(0.01 * current),
+                unitprice_max: current * (1.0 + m),
+                num_price_bins: self.num_price_bins,
+                rule: format!(
+                    "±{:.0}% around the current price {current:.2} (max_change)",
+                    100.0 * m
+                ),
+            });
+        }
         let (mut lo, mut hi) = (product.price_p05, product.price_p95);
         let mut rule = "5th-95th percentile of the product's observed prices".to_string();
         if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && hi > lo) {
