@@ -674,10 +674,10 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
         lineage::Releases::new(store.as_ref(), common.stockcode.as_deref()).production()?
     {
         outln!(
-            "production serves release {} ({} by {})",
+            "production serves release {} (moved by {}: {})",
             p.release,
-            p.reason,
-            p.actor
+            p.actor,
+            p.reason
         );
     }
     Ok(())
