@@ -45,18 +45,21 @@ else
 fi
 ln -sfn "$CACHE/cmake-venv/bin/cmake" .tools/cmake
 
-# Debian packages: libclang (bindgen) and redis-server.
+# Debian packages: libclang (bindgen), redis-server, and headless Chromium
+# with its WebDriver (the console's browser test).
 missing=()
 ldconfig -p 2>/dev/null | grep -q 'libclang-14\|libclang\.so' || missing+=(libclang1-14)
 [ -d /usr/lib/llvm-14/lib/clang ] || missing+=(libclang-common-14-dev)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  log "libclang and redis-server present"
+  log "libclang, redis-server and chromium present"
 fi
 
 # The artifact-store tests run a real S3-compatible server (s3s-fs) in-process

@@ -52,6 +52,10 @@ pub struct ServeBench {
     pub serve_binary: Option<PathBuf>,
     /// `sweep`: extra query parameters of every request.
     pub query: String,
+    /// `console`: the product to open (default: the best seller).
+    pub product: Option<String>,
+    /// `console`: where to save screenshots.
+    pub shots: Option<PathBuf>,
 }
 
 struct Server(Child);
@@ -237,7 +241,10 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         "overload" => overload(opts),
         "reload" => reload(opts),
         "sweep" => sweep(opts),
-        other => bail!("unknown serve bench mode `{other}` (latency, overload, reload or sweep)"),
+        "console" => console(opts),
+        other => bail!(
+            "unknown serve bench mode `{other}` (latency, overload, reload, sweep or console)"
+        ),
     }
 }
 
@@ -673,5 +680,126 @@ fn sweep(opts: &ServeBench) -> Result<()> {
             );
         }
         anyhow::Ok(())
+    })
+}
+
+/// What the browser measured on one page load.
+#[derive(Debug, Clone, Copy)]
+struct PageLoad {
+    /// From navigation start to the view's render mark, ms.
+    rendered_ms: f64,
+    /// Bytes transferred: the page, its assets and its API calls.
+    bytes: f64,
+    /// Requests made.
+    requests: f64,
+}
+
+const LOAD_JS: &str = "const n = performance.getEntriesByType('navigation')[0]; \
+    const r = performance.getEntriesByType('resource'); \
+    const m = performance.getEntriesByName(arguments[0])[0]; \
+    return [m ? m.startTime : -1, n.transferSize + r.reduce((a, e) => a + e.transferSize, 0), 1 + r.length];";
+
+/// Loads `url` in a fresh browser (cold cache) and waits for `ready`.
+async fn page_load(
+    url: &str,
+    ready: &str,
+    mark: &str,
+    shot: Option<(&std::path::Path, u32)>,
+) -> Result<PageLoad> {
+    let browser = browser::Browser::start(1280, 1000)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    browser.client.goto(url).await?;
+    browser
+        .wait_for(ready, 30)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let v = browser
+        .client
+        .execute(LOAD_JS, vec![serde_json::Value::String(mark.into())])
+        .await?;
+    let f = |i: usize| v[i].as_f64().unwrap_or(f64::NAN);
+    if let Some((path, height)) = shot {
+        // Let late parts (the sales history) arrive, then the whole page.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        browser.client.set_window_size(1280, height).await?;
+        browser.screenshot(path).await.map_err(anyhow::Error::msg)?;
+        outln!("screenshot {}", path.display());
+    }
+    browser.close().await;
+    Ok(PageLoad {
+        rendered_ms: f(0),
+        bytes: f(1),
+        requests: f(2),
+    })
+}
+
+/// The console's first render with a cold browser cache: the product view
+/// and the ranking, each loaded in a fresh Chromium profile, on loopback.
+fn console(opts: &ServeBench) -> Result<()> {
+    let product = match &opts.product {
+        Some(p) => p.clone(),
+        None => top_products(&opts.artifacts, 1)?
+            .into_iter()
+            .next()
+            .context("no products")?,
+    };
+    let bench = start(opts, &[])?;
+    let base = bench.base.clone();
+    let runs = opts.uncached_requests.clamp(3, 50);
+    outln!(
+        "console bench: artifacts {}, product {product}, {runs} loads per view, each in a fresh headless Chromium (cold browser cache)",
+        opts.artifacts
+    );
+    let shots = opts.shots.clone();
+    bench.rt.block_on(async move {
+        // The ranking is computed once per release, in the background at
+        // start: wait for it so the first load does not time its computation.
+        let t = Instant::now();
+        let (status, _) = fetch(&bench.client, &format!("{base}/v2/products?per_page=1"), false).await?;
+        if status != 200 {
+            bail!("/v2/products answered {status}");
+        }
+        outln!("ranking ready {:.0} ms after the server answered /ping", t.elapsed().as_secs_f64() * 1e3);
+        for (view, url, ready, mark, shot, height) in [
+            (
+                "product view",
+                format!("{base}/#/product/{product}"),
+                "#product-view[data-state=ready]",
+                "product-rendered",
+                "product.png",
+                2300,
+            ),
+            (
+                "ranking view",
+                format!("{base}/#/ranking"),
+                "#ranking-view[data-state=ready]",
+                "ranking-rendered",
+                "ranking.png",
+                1700,
+            ),
+        ] {
+            let mut loads = Vec::new();
+            for i in 0..runs {
+                let shot_path = shots.as_ref().filter(|_| i == 0).map(|d| d.join(shot));
+                loads.push(
+                    page_load(&url, ready, mark, shot_path.as_deref().map(|p| (p, height))).await?,
+                );
+            }
+            let first = loads[0];
+            let mut rest: Vec<f64> = loads[1..].iter().map(|l| l.rendered_ms).collect();
+            rest.sort_by(f64::total_cmp);
+            let median = rest[rest.len() / 2];
+            outln!(
+                "{view:<13} first render: first load {:>6.1} ms (server cache cold), median of next {} {:>6.1} ms (max {:>6.1}); {:.0} KiB in {} requests",
+                first.rendered_ms,
+                rest.len(),
+                median,
+                rest.last().copied().unwrap_or(f64::NAN),
+                first.bytes / 1024.0,
+                first.requests
+            );
+        }
+        Ok(())
     })
 }

@@ -270,8 +270,9 @@ enum Command {
         redis_url: Option<String>,
         /// `serve`: `latency`, `overload` (200 clients, uncached 1000-bin
         /// requests, /ping probed), `reload` (promote another release
-        /// under load) or `sweep` (/v2 for every product: monotone curves,
-        /// where optima sit).
+        /// under load), `sweep` (/v2 for every product: monotone curves,
+        /// where optima sit) or `console` (the page's first render in a
+        /// cold headless Chromium; `--requests` loads per view).
         #[arg(long, default_value = "latency")]
         mode: String,
         /// `serve --mode reload`: the server's pointer check interval, seconds.
@@ -287,6 +288,12 @@ enum Command {
         /// e.g. `max_change=0.1&objective=profit`.
         #[arg(long, default_value = "")]
         query: String,
+        /// `serve --mode console`: the product to open (default: the best seller).
+        #[arg(long)]
+        product: Option<String>,
+        /// `serve --mode console`: save screenshots of both views here.
+        #[arg(long)]
+        shots: Option<PathBuf>,
         /// Dataset (default: `data.raw` in params).
         #[arg(long)]
         raw: Option<PathBuf>,
@@ -378,6 +385,8 @@ fn run(command: Command) -> Result<()> {
             bins,
             serve_binary,
             query,
+            product,
+            shots,
             raw,
             runs,
             until,
@@ -395,6 +404,8 @@ fn run(command: Command) -> Result<()> {
                 bins,
                 serve_binary,
                 query,
+                product,
+                shots,
             }),
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },

@@ -136,9 +136,23 @@ pub fn generate(config: &SynthConfig) -> SynthData {
         .map(|i| {
             let w1 = WORDS[i % WORDS.len()];
             let w2 = WORDS[(i / WORDS.len() + 3) % WORDS.len()];
+            // The first product borrows the real data's best seller's
+            // name, so examples and the console's test read as they would
+            // on the UCI data.
+            let (stock_code, description) = if i == 0 {
+                (
+                    "85123A".to_string(),
+                    "WHITE HANGING HEART T-LIGHT HOLDER".to_string(),
+                )
+            } else {
+                (
+                    format!("{}{}", 20000 + i * 7, (b'A' + (i % 3) as u8) as char),
+                    format!("{w2} {w1} {}", i + 1),
+                )
+            };
             SynthProduct {
-                stock_code: format!("{}{}", 20000 + i * 7, (b'A' + (i % 3) as u8) as char),
-                description: format!("{w2} {w1} {}", i + 1),
+                stock_code,
+                description,
                 base_price: (rng.random_range(0.5f64..15.0) * 100.0).round() / 100.0,
                 elasticity: rng.random_range(0.4..2.5),
                 base_quantity: rng.random_range(2.0..24.0),

@@ -3,7 +3,8 @@
 //!
 //! At cold start, [`app_from_env`] reads the configuration from the
 //! function's environment (`PRICE_ARTIFACTS`, `REDIS_URL`, `CACHE_TTL_SECS`,
-//! `CACHE_PREFIX`, `CORS_ORIGINS`, `RELOAD_INTERVAL_SECS`); the release the
+//! `CACHE_PREFIX`, `CORS_ORIGINS`, `RELOAD_INTERVAL_SECS`, `PRICE_API_KEYS`,
+//! `PRICE_API_KEYS_FILE`); the release the
 //! production pointer names on S3 is copied once to `/tmp/release-<id>`
 //! ([`stage_release`]) and served from there. [`lambda_router`] adds
 //! one adaptation: API Gateway REST events carry the stage in the request
@@ -83,6 +84,10 @@ pub fn config_from_env() -> Result<ServeConfig, LambdaError> {
             })?;
         config.reload_interval = Duration::from_secs_f64(secs);
     }
+    config.auth = serve::AuthConfig::load(
+        var("PRICE_API_KEYS_FILE").as_deref().map(Path::new),
+        var("PRICE_API_KEYS").as_deref(),
+    )?;
     config.validate()?;
     Ok(config)
 }

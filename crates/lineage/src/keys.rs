@@ -41,6 +41,8 @@ pub struct ArtifactKeys {
     pub gate_decision: String,
     /// Each product's price response.
     pub response: String,
+    /// Each product's weekly sales (price and quantity over time).
+    pub history: String,
     /// The gate's JSON report.
     pub gate_report: String,
     /// The gate's HTML report.
@@ -71,6 +73,7 @@ impl ArtifactKeys {
             manifest: f("models", "manifest.json"),
             gate_decision: f("gate", "decision.json"),
             response: f("response", "response.json"),
+            history: f("response", "history.json"),
             gate_report: f("gate", "report.json"),
             gate_html: f("gate", "report.html"),
         }

@@ -1346,9 +1346,159 @@ pub fn fit_response(
     })
 }
 
+/// One product's weekly sales, as the response fit saw them: what a pricing
+/// manager wants beside the curve (did the price ever move, and what did
+/// sales do when it did).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductHistory {
+    /// Monday starting each week with sales, ms since the Unix epoch.
+    pub week_start_ms: Vec<i64>,
+    /// The week's list price (90th percentile of its line prices: what the
+    /// fit calls the price).
+    pub list_price: Vec<f64>,
+    /// The week's average price paid (units-weighted).
+    pub avg_price: Vec<f64>,
+    /// Units sold that week.
+    pub units: Vec<f64>,
+    /// Order lines that week.
+    pub orders: Vec<f64>,
+}
+
+/// Weekly sales of every product (`response/history.json`): written by the
+/// response stage beside the fit, carried by releases, served by `/v2`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SalesHistory {
+    /// Format version (1).
+    pub version: u32,
+    /// By stock code.
+    pub products: BTreeMap<String, ProductHistory>,
+}
+
+impl SalesHistory {
+    /// Weekly panels of the valid sales lines (positive, finite price and
+    /// quantity), Monday-aligned.
+    pub fn from_lines(lines: &[Line<'_>]) -> Self {
+        let mut by_product: BTreeMap<&str, Vec<&Line<'_>>> = BTreeMap::new();
+        for l in lines {
+            if l.price > 0.0 && l.quantity > 0.0 && l.price.is_finite() && l.quantity.is_finite() {
+                by_product.entry(l.stock_code).or_default().push(l);
+            }
+        }
+        let products = by_product
+            .into_iter()
+            .map(|(code, lines)| {
+                let mut paid: BTreeMap<i64, (f64, f64)> = BTreeMap::new();
+                for l in &lines {
+                    let e = paid.entry(iso_week(l.ts)).or_insert((0.0, 0.0));
+                    e.0 += l.price * l.quantity;
+                    e.1 += l.quantity;
+                }
+                let weeks = weekly(&lines);
+                let history = ProductHistory {
+                    week_start_ms: weeks.iter().map(|w| week_start(w.week) / 1000).collect(),
+                    list_price: weeks.iter().map(|w| w.price).collect(),
+                    avg_price: weeks
+                        .iter()
+                        .map(|w| paid.get(&w.week).map_or(f64::NAN, |(v, q)| v / q))
+                        .collect(),
+                    units: weeks.iter().map(|w| w.units).collect(),
+                    orders: weeks.iter().map(|w| w.orders).collect(),
+                };
+                (code.to_string(), history)
+            })
+            .collect();
+        Self {
+            version: 1,
+            products,
+        }
+    }
+
+    /// JSON bytes.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut v = serde_json::to_vec(self)?;
+        v.push(b'\n');
+        Ok(v)
+    }
+
+    /// Reads JSON bytes, checking the version and that every product's
+    /// columns have one value per week.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let bad = |reason: String| ModelError::Format {
+            model: "sales history".into(),
+            reason,
+        };
+        let h: Self = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+        if h.version != 1 {
+            return Err(bad(format!("unsupported version {}", h.version)));
+        }
+        for (code, p) in &h.products {
+            let n = p.week_start_ms.len();
+            if [
+                p.list_price.len(),
+                p.avg_price.len(),
+                p.units.len(),
+                p.orders.len(),
+            ]
+            .iter()
+            .any(|&m| m != n)
+            {
+                return Err(bad(format!("product {code}: columns of unequal length")));
+            }
+        }
+        Ok(h)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sales_history_is_weekly_and_round_trips() {
+        let day = 86_400_000_000_i64;
+        // 1970-01-05 was a Monday; two lines in its week, one a week later,
+        // and an invalid line that must not count.
+        let mon = 4 * day;
+        let lines = [
+            Line {
+                stock_code: "A",
+                ts: mon + day,
+                price: 2.0,
+                quantity: 3.0,
+            },
+            Line {
+                stock_code: "A",
+                ts: mon + 2 * day,
+                price: 4.0,
+                quantity: 1.0,
+            },
+            Line {
+                stock_code: "A",
+                ts: mon + 8 * day,
+                price: 3.0,
+                quantity: 2.0,
+            },
+            Line {
+                stock_code: "A",
+                ts: mon + 9 * day,
+                price: -1.0,
+                quantity: 2.0,
+            },
+        ];
+        let h = SalesHistory::from_lines(&lines);
+        let a = &h.products["A"];
+        assert_eq!(a.week_start_ms, vec![mon / 1000, (mon + 7 * day) / 1000]);
+        assert_eq!(a.units, vec![4.0, 2.0]);
+        assert_eq!(a.orders, vec![2.0, 1.0]);
+        assert_eq!(a.list_price, vec![4.0, 3.0]);
+        assert!((a.avg_price[0] - 2.5).abs() < 1e-12);
+        let back = SalesHistory::from_json(&h.to_json().unwrap()).unwrap();
+        assert_eq!(back, h);
+        let mut broken = h.clone();
+        broken.products.get_mut("A").unwrap().units.pop();
+        let err = SalesHistory::from_json(&broken.to_json().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("sales history"), "{err}");
+    }
 
     #[test]
     fn curves_never_rise_with_price_even_outside_the_knots() {

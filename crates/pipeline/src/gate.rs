@@ -340,6 +340,7 @@ pub(crate) fn gate_stage(
         &k.preprocessor,
         &k.feature_names,
         &k.response,
+        &k.history,
     ] {
         files.push((key.clone(), w.get(key)?));
     }

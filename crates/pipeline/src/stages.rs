@@ -12,7 +12,7 @@ use lineage::{
 };
 
 use crate::{PipelineConfig, Stage};
-use models::response::{Line, ResponseParams, Windows, fit_response};
+use models::response::{Line, ResponseParams, SalesHistory, Windows, fit_response};
 use models::tuning::TunerConfig;
 use models::{
     DesignMatrix, GroupCalibration, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig,
@@ -87,6 +87,7 @@ fn gate_deps(k: &ArtifactKeys, priority: &[ModelKind]) -> Vec<Dep> {
         &k.feature_names,
         &k.candidate,
         &k.response,
+        &k.history,
     ]
     .into_iter()
     .map(|key| Dep::Artifact(key.clone()))
@@ -219,7 +220,7 @@ pub(crate) fn definition(
                 "response.current_price_lines",
                 "response.decision_quantile",
             ]),
-            outs: vec![k.response.clone()],
+            outs: vec![k.response.clone(), k.history.clone()],
             code_version: code_version(env!("MODELS_SRC_HASH")),
         },
         Stage::Gate => StageDef {
@@ -749,7 +750,8 @@ fn models_stage(
     })
 }
 
-/// Stage 5: features → each product's price response (`response/response.json`).
+/// Stage 5: features → each product's price response (`response/response.json`)
+/// and its weekly sales (`response/history.json`).
 fn response_stage(
     w: &mut StageWriter<'_>,
     k: &ArtifactKeys,
@@ -791,6 +793,7 @@ fn response_stage(
         &costs,
     )?;
     w.put(&k.response, &model.to_json()?)?;
+    w.put(&k.history, &SalesHistory::from_lines(&lines).to_json()?)?;
     let mut elasticities: Vec<f64> = model
         .products
         .iter()

@@ -52,8 +52,10 @@ use features::{FeatureRow, Preprocessor, PriceRef, ProductContexts, ProductSumma
 use std::time::Instant;
 
 use lineage::{ArtifactKeys, ArtifactStore, Pointer, Releases};
-use models::response::{ProductResponse, ResponseModel};
-use models::{Manifest, ModelKind, Regressor, SkippedModel};
+pub use models::SkippedModel;
+pub use models::response::ProductHistory;
+use models::response::{ProductResponse, ResponseModel, SalesHistory};
+use models::{Manifest, ModelKind, Regressor};
 use serde::{Deserialize, Serialize};
 
 pub use request::{
@@ -100,7 +102,7 @@ pub enum RecommendError {
 pub type Result<T, E = RecommendError> = std::result::Result<T, E>;
 
 /// One point of the price curve.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PricePoint {
     /// Candidate unit price (GBP).
     pub unit_price: f64,
@@ -138,7 +140,7 @@ pub struct PricePoint {
 }
 
 /// A model that failed for one request, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Failover {
     /// The model that failed.
     pub model: String,
@@ -147,7 +149,7 @@ pub struct Failover {
 }
 
 /// How the price grid was chosen.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PriceGrid {
     /// Lowest candidate price.
     pub unitprice_min: f64,
@@ -160,7 +162,7 @@ pub struct PriceGrid {
 }
 
 /// An estimate with an 80 % band.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Estimate {
     /// The estimate.
     pub value: f64,
@@ -171,7 +173,7 @@ pub struct Estimate {
 }
 
 /// Expected gain of the recommended price over the current one.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Uplift {
     /// Objective at the recommended price minus at the current price, on
     /// the basis (per week or per line), with its 80 % band from the
@@ -182,7 +184,7 @@ pub struct Uplift {
 }
 
 /// Elasticity of demand (on the basis) with its 80 % band.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Elasticities {
     /// At the current price.
     pub current: Estimate,
@@ -191,7 +193,7 @@ pub struct Elasticities {
 }
 
 /// Where the product's response came from.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResponseSummary {
     /// Weeks with sales in training.
     pub weeks: usize,
@@ -204,7 +206,7 @@ pub struct ResponseSummary {
 }
 
 /// The weekly band's calibration.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BandCoverage {
     /// Nominal coverage.
     pub nominal: f64,
@@ -215,7 +217,7 @@ pub struct BandCoverage {
 }
 
 /// The answer to one [`PriceRequest`].
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recommendation {
     /// Product.
     pub stockcode: String,
@@ -271,7 +273,7 @@ pub struct Recommendation {
 }
 
 /// One row of the original API's `/predict-price` answer.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LegacyRow<'a> {
     /// Product.
     pub stockcode: &'a str,
@@ -407,6 +409,28 @@ pub struct Recommender {
     cache_version: String,
     release: String,
     response: ResponseModel,
+    history: Option<SalesHistory>,
+    gate_report: Option<GateReport>,
+}
+
+/// The gate's report of the release being served, as the gate wrote it.
+#[derive(Debug, Clone)]
+pub struct GateReport {
+    /// `gate/report.json`.
+    pub json: Vec<u8>,
+    /// `gate/report.html` (self-contained: inline SVG, no external assets).
+    pub html: Vec<u8>,
+}
+
+/// A product as the catalogue lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct Product<'a> {
+    /// Stock code.
+    pub stockcode: &'a str,
+    /// Most frequent description.
+    pub description: &'a str,
+    /// Sales lines, all time.
+    pub lines: f64,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -450,6 +474,21 @@ impl Recommender {
         let preprocessor = Preprocessor::from_json(&store.get(&k.preprocessor)?)?;
         let manifest = Manifest::from_json(&store.get(&k.manifest)?)?;
         let response = ResponseModel::from_json(&store.get(&k.response)?)?;
+        // Releases made before the history and report existed lack them:
+        // they still serve prices, and say so when asked for these.
+        let optional = |key: &str| -> Result<Option<Vec<u8>>> {
+            Ok(match store.hash(key)? {
+                Some(_) => Some(store.get(key)?),
+                None => None,
+            })
+        };
+        let history = optional(&k.history)?
+            .map(|bytes| SalesHistory::from_json(&bytes))
+            .transpose()?;
+        let gate_report = match (optional(&k.gate_report)?, optional(&k.gate_html)?) {
+            (Some(json), Some(html)) => Some(GateReport { json, html }),
+            _ => None,
+        };
         if manifest.feature_names != preprocessor.feature_names {
             return Err(RecommendError::Model(models::ModelError::Format {
                 model: "manifest".into(),
@@ -515,6 +554,8 @@ impl Recommender {
             cache_version,
             release: pointer.release.clone(),
             response,
+            history,
+            gate_report,
         })
     }
 
@@ -571,6 +612,31 @@ impl Recommender {
     /// cached under another.
     pub fn cache_version(&self) -> &str {
         &self.cache_version
+    }
+
+    /// Every product that can be priced, by stock code.
+    pub fn products(&self) -> impl ExactSizeIterator<Item = Product<'_>> {
+        self.summary.rows.iter().map(|r| Product {
+            stockcode: &r.stock_code,
+            description: &r.description,
+            lines: r.n_lines,
+        })
+    }
+
+    /// A product's weekly sales; `None` when the product is unknown or the
+    /// release carries no history.
+    pub fn history(&self, stockcode: &str) -> Option<&ProductHistory> {
+        self.history.as_ref()?.products.get(stockcode)
+    }
+
+    /// Whether the release carries weekly sales histories.
+    pub fn has_history(&self) -> bool {
+        self.history.is_some()
+    }
+
+    /// The gate's report of the release being served, if it has one.
+    pub fn gate_report(&self) -> Option<&GateReport> {
+        self.gate_report.as_ref()
     }
 
     /// Whether the product can be priced.

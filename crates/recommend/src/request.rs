@@ -58,7 +58,7 @@ pub struct PriceRequest {
 }
 
 /// What a recommendation maximises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// `price × quantity`.
@@ -69,7 +69,7 @@ pub enum Objective {
 }
 
 /// The quantity a recommendation maximises over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Basis {
     /// Units per order line at the product's recent buyers (the original's
@@ -93,7 +93,7 @@ impl Basis {
 }
 
 /// How candidate prices must end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PriceEnding {
     /// `x.99`.
     #[serde(rename = "99")]

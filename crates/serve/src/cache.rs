@@ -34,7 +34,7 @@ pub enum CacheConfig {
 }
 
 /// What the cache did for one request (the `x-cache` header).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheStatus {
     /// Served from the cache.

@@ -12,7 +12,21 @@
 //!   cache status.
 //! - `POST /invocations`: the original's SageMaker-style entry (JSON body with
 //!   `stockcode` and the query parameters), answering as `/v1`.
-//! - `GET /ping`, `GET /health`.
+//! - `GET /ping`, `GET /health`, `GET /metrics` (Prometheus).
+//! - `GET /v2/products?q=&sort=&order=&edge=&page=&per_page=` and
+//!   `GET /v2/products.csv`: every product ranked by expected uplift, and
+//!   search by code or description words ([`catalogue`]).
+//! - `GET /v2/products/{stockcode}/history`: weekly price and quantity.
+//! - `GET /v2/release`, `GET /v2/release/gate-report[.json]`: the release
+//!   serving and its gate report.
+//! - `GET /`: the pricing console, a page over these routes
+//!   ([`console`]); `GET /openapi.json` and `GET /docs`: the API's OpenAPI
+//!   description, generated from the handlers ([`openapi`]).
+//! - `POST /admin/reload`, `POST /admin/cache/clear`: need an admin key.
+//!
+//! Access control is optional ([`auth`]): with API keys configured every
+//! route but `/ping` needs one. Every request is logged on one line and
+//! counted in `/metrics` ([`observe`]), and carries an `x-request-id`.
 //!
 //! Every answer carries `x-model`, `x-model-version`, `x-release` and
 //! `x-cache` (`hit|miss|bypass|error|off`); a request that failed over says
@@ -35,8 +49,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod cache;
+pub mod catalogue;
+pub mod console;
 mod limits;
+pub mod observe;
 mod reload;
 mod server;
 
@@ -50,11 +68,13 @@ use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use recommend::{PriceRequest, RecommendError, Recommendation, Recommender};
-use serde::Serialize;
+use recommend::{LegacyRow, PriceRequest, RecommendError, Recommendation, Recommender};
+use serde::{Deserialize, Serialize};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub use auth::AuthConfig;
 pub use cache::{Cache, CacheConfig, CacheStatus, DEFAULT_MEMORY_CACHE_BYTES, Lookup};
 pub use limits::{Admission, Overloaded, SingleFlight, WorkLimits};
 pub use reload::{
@@ -99,6 +119,8 @@ pub struct ServeConfig {
     pub body_limit: usize,
     /// Limits on uncached work (load shedding).
     pub work: WorkLimits,
+    /// API keys (none: access control is off).
+    pub auth: AuthConfig,
     /// How often the production pointer is checked for a new release.
     pub reload_interval: Duration,
 }
@@ -119,6 +141,7 @@ impl ServeConfig {
             request_timeout: Duration::from_secs(2),
             body_limit: 16 * 1024,
             work: WorkLimits::default(),
+            auth: AuthConfig::default(),
             reload_interval: DEFAULT_RELOAD_INTERVAL,
         }
     }
@@ -205,6 +228,9 @@ struct Inner {
     cors: Option<CorsLayer>,
     admission: Admission,
     flights: SingleFlight<Flight>,
+    metrics: observe::Metrics,
+    auth: AuthConfig,
+    ranking: catalogue::RankingSlot,
 }
 
 /// A loaded service: the release being served, the cache, and the limits.
@@ -253,6 +279,8 @@ impl App {
     ) -> Result<Self, ServeError> {
         let cors = config.cors_layer()?;
         let cache = Cache::open(&config.cache, &config.cache_prefix, config.cache_ttl)?;
+        let metrics = observe::Metrics::new()
+            .map_err(|e| ServeError::Config(format!("registering metrics: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 live: reload::Live::new(recommender),
@@ -262,6 +290,9 @@ impl App {
                 cors,
                 admission: Admission::new(config.work),
                 flights: SingleFlight::default(),
+                metrics,
+                auth: config.auth.clone(),
+                ranking: catalogue::RankingSlot::default(),
             }),
         })
     }
@@ -292,6 +323,7 @@ impl App {
     /// notified (the binary notifies it on SIGHUP).
     pub fn spawn_reloader(&self, wake: Arc<tokio::sync::Notify>) -> tokio::task::JoinHandle<()> {
         let app = self.clone();
+        self.warm_ranking();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(app.inner.config.reload_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -302,6 +334,7 @@ impl App {
                     () = wake.notified() => {},
                 }
                 match app.reload().await {
+                    ReloadOutcome::Swapped(_) => app.warm_ranking(),
                     ReloadOutcome::PointerUnreadable(e) => {
                         tracing::warn!(error = %e, "could not read the production pointer; still serving the current release");
                     }
@@ -311,20 +344,23 @@ impl App {
         })
     }
 
-    /// The HTTP API.
+    /// The HTTP API: the documented routes ([`openapi`]), then request
+    /// logs and metrics outermost, access control, body limit and 404/405
+    /// as JSON.
     pub fn router(&self) -> Router {
-        let mut router = Router::new()
-            .route("/ping", get(ping))
-            .route("/health", get(health))
-            .route("/v1/predict-price/{stockcode}", get(predict_price_v1))
-            .route("/v2/recommendation/{stockcode}", get(recommendation_v2))
-            .route("/invocations", post(invocations))
+        let (routes, _) = api_routes().split_for_parts();
+        let mut router = routes
+            .route_layer(middleware::from_fn(observe::tag_route))
             .fallback(not_found)
             .method_not_allowed_fallback(method_not_allowed)
             .layer(DefaultBodyLimit::max(self.inner.config.body_limit))
             .layer(middleware::from_fn_with_state(
-                self.inner.config.request_timeout,
-                deadline,
+                self.clone(),
+                console::authorize,
+            ))
+            .layer(middleware::from_fn_with_state(
+                self.clone(),
+                observe::observe,
             ))
             .with_state(self.clone());
         if let Some(cors) = &self.inner.cors {
@@ -411,12 +447,16 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: &'a str,
+/// The body of every error answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiErrorBody {
+    /// What went wrong, for a person.
+    pub error: String,
+    /// The request parameter at fault, if one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameter: Option<&'a str>,
-    status: u16,
+    pub parameter: Option<String>,
+    /// The HTTP status, repeated.
+    pub status: u16,
 }
 
 impl ApiError {
@@ -491,9 +531,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body = ErrorBody {
-            error: &self.message,
-            parameter: self.parameter.as_deref(),
+        let body = ApiErrorBody {
+            error: self.message,
+            parameter: self.parameter,
             status: self.status.as_u16(),
         };
         let mut response = (self.status, axum::Json(body)).into_response();
@@ -506,10 +546,85 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn ping() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// `/ping`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ping {
+    /// `ok`.
+    pub status: String,
 }
 
+/// Liveness: answers without touching the models (never needs a key).
+#[utoipa::path(get, path = "/ping", tag = "service",
+    responses((status = 200, description = "The process is up", body = Ping)))]
+async fn ping() -> impl IntoResponse {
+    axum::Json(Ping {
+        status: "ok".into(),
+    })
+}
+
+/// Release reloading, as `/health` reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadState {
+    /// Where the production pointer is read.
+    pub source: String,
+    /// Seconds between checks.
+    pub interval_secs: f64,
+    /// Last check, seconds since the Unix epoch.
+    pub last_check_unix: u64,
+    /// A release production names that failed to load, if any.
+    pub refused: Option<RefusedRelease>,
+}
+
+/// Uncached work, as `/health` reports it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoadState {
+    /// Computing now.
+    pub computing: usize,
+    /// Most computations at once.
+    pub max_concurrent: usize,
+    /// Most requests waiting for a slot.
+    pub max_waiting: usize,
+    /// Computed since start.
+    pub computed_total: u64,
+    /// Refused with 503 since start.
+    pub shed_total: u64,
+    /// Joined an identical computation in flight since start.
+    pub joined_total: u64,
+}
+
+/// `/health`'s answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthAnswer {
+    /// `ok`, or `degraded` when production names a release that was refused.
+    pub status: String,
+    /// The release serving.
+    pub release: String,
+    /// The model answering first.
+    pub model: String,
+    /// Its backups, in failover order.
+    pub backups: Vec<String>,
+    /// The model set's version.
+    pub model_version: String,
+    /// Models of the release that failed their checks at load.
+    #[schema(value_type = Vec<Object>)]
+    pub skipped_at_load: Vec<recommend::SkippedModel>,
+    /// Products it can price.
+    pub products: usize,
+    /// The cache backend.
+    pub cache: String,
+    /// Release reloading.
+    pub reload: ReloadState,
+    /// Uncached work.
+    pub load: LoadState,
+}
+
+/// Readiness: the release, its models, the cache, reloads and load.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses(
+        (status = 200, description = "Serving", body = HealthAnswer),
+        (status = 401, description = "An API key is required", body = ApiErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []), ()))]
 async fn health(State(app): State<App>) -> Response {
     let recommender = app.recommender();
     let h = recommender.health();
@@ -520,38 +635,35 @@ async fn health(State(app): State<App>) -> Response {
     insert(&mut headers, "x-release", &h.release);
     let admission = app.admission();
     let limits = admission.limits();
-    (
-        headers,
-        axum::Json(serde_json::json!({
-            // Degraded: serving, but production names a release that was refused.
-            "status": if refused.is_some() { "degraded" } else { "ok" },
-            "release": h.release,
-            "model": h.model,
-            "backups": h.backups,
-            "model_version": h.model_version,
-            "skipped_at_load": h.skipped,
-            "products": h.products,
-            "cache": app.cache().backend_name(),
-            "reload": {
-                "source": app.inner.source.location(),
-                "interval_secs": app.inner.config.reload_interval.as_secs_f64(),
-                "last_check_unix": app.inner.live.last_check_unix(),
-                "refused": refused,
-            },
-            "load": {
-                "computing": admission.running(),
-                "max_concurrent": limits.max_concurrent,
-                "max_waiting": limits.max_waiting,
-                "computed_total": admission.admitted_count(),
-                "shed_total": admission.shed_count(),
-                "joined_total": app.inner.flights.joined_count(),
-            },
-        })),
-    )
-        .into_response()
+    let answer = HealthAnswer {
+        // Degraded: serving, but production names a release that was refused.
+        status: if refused.is_some() { "degraded" } else { "ok" }.into(),
+        release: h.release,
+        model: h.model,
+        backups: h.backups,
+        model_version: h.model_version,
+        skipped_at_load: h.skipped,
+        products: h.products,
+        cache: app.cache().backend_name().into(),
+        reload: ReloadState {
+            source: app.inner.source.location(),
+            interval_secs: app.inner.config.reload_interval.as_secs_f64(),
+            last_check_unix: app.inner.live.last_check_unix(),
+            refused,
+        },
+        load: LoadState {
+            computing: admission.running(),
+            max_concurrent: limits.max_concurrent,
+            max_waiting: limits.max_waiting,
+            computed_total: admission.admitted_count(),
+            shed_total: admission.shed_count(),
+            joined_total: app.inner.flights.joined_count(),
+        },
+    };
+    (headers, axum::Json(answer)).into_response()
 }
 
-fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub(crate) fn insert(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), v);
     }
@@ -600,6 +712,80 @@ fn parse_request(
     )?)
 }
 
+/// The query of the pricing routes (`PriceRequest::from_pairs` parses it;
+/// this type documents it).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // read by the OpenAPI derive, not by the handlers
+pub struct PricingQuery {
+    /// Lowest price of the grid (default: the product's observed range, or
+    /// the current price minus `max_change`).
+    unitprice_min: Option<f64>,
+    /// Highest price of the grid.
+    unitprice_max: Option<f64>,
+    /// Grid points (2..=1000, default 100).
+    num_price_bins: Option<usize>,
+    /// Price for buyers in this country (as spelled in the data, any case).
+    country: Option<String>,
+    /// Price for this customer's context.
+    customerid: Option<String>,
+    /// What to maximise (default revenue).
+    objective: Option<recommend::Objective>,
+    /// `line` (units per order line, the original's) or `week` (units per week).
+    basis: Option<recommend::Basis>,
+    /// Unit cost (profit objective; default: the product's cost from the costs input).
+    unit_cost: Option<f64>,
+    /// Largest change from the current price, as a share (0.1 = ±10 %).
+    max_change: Option<f64>,
+    /// Allowed price endings.
+    price_ending: Option<recommend::PriceEnding>,
+    /// Lowest margin (price − cost) / price allowed.
+    min_margin: Option<f64>,
+}
+
+/// The body of `POST /invocations`: the stock code and the pricing query's
+/// parameters.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // read by the OpenAPI derive, not by the handler
+pub struct InvocationBody {
+    /// Stock code.
+    stockcode: String,
+    /// As the query parameter.
+    unitprice_min: Option<f64>,
+    /// As the query parameter.
+    unitprice_max: Option<f64>,
+    /// As the query parameter.
+    num_price_bins: Option<usize>,
+    /// As the query parameter.
+    country: Option<String>,
+    /// As the query parameter.
+    customerid: Option<String>,
+    /// As the query parameter.
+    objective: Option<recommend::Objective>,
+    /// As the query parameter.
+    basis: Option<recommend::Basis>,
+    /// As the query parameter.
+    unit_cost: Option<f64>,
+    /// As the query parameter.
+    max_change: Option<f64>,
+    /// As the query parameter.
+    price_ending: Option<recommend::PriceEnding>,
+    /// As the query parameter.
+    min_margin: Option<f64>,
+}
+
+/// The original API: one row per grid price, each with the optimum.
+#[utoipa::path(get, path = "/v1/predict-price/{stockcode}", tag = "pricing",
+    params(("stockcode" = String, Path, description = "Stock code"), PricingQuery),
+    responses(
+        (status = 200, description = "The curve, one row per grid price", body = Vec<LegacyRow>,
+            headers(("x-model" = String), ("x-release" = String), ("x-cache" = String))),
+        (status = 400, description = "A parameter is invalid (`parameter` names it)", body = ApiErrorBody),
+        (status = 401, description = "An API key is required", body = ApiErrorBody),
+        (status = 404, description = "Unknown product", body = ApiErrorBody),
+        (status = 503, description = "Overloaded (with Retry-After), past the deadline, or no model", body = ApiErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []), ("cookie" = []), ()))]
 async fn predict_price_v1(
     State(app): State<App>,
     stockcode: Result<Path<String>, PathRejection>,
@@ -612,13 +798,29 @@ async fn predict_price_v1(
 }
 
 /// The `/v2` answer: the recommendation plus the cache status.
-#[derive(Serialize)]
-struct V2Answer<'a> {
+#[derive(Serialize, ToSchema)]
+pub struct V2Answer<'a> {
+    /// The recommendation.
     #[serde(flatten)]
+    #[schema(inline = false)]
     recommendation: &'a Recommendation,
+    /// What the cache did.
     cache: CacheStatus,
 }
 
+/// The recommended price with its curve, band, uplift, elasticity, bounds,
+/// and the model and release that answered.
+#[utoipa::path(get, path = "/v2/recommendation/{stockcode}", tag = "pricing",
+    params(("stockcode" = String, Path, description = "Stock code"), PricingQuery),
+    responses(
+        (status = 200, description = "The recommendation", body = V2Answer,
+            headers(("x-model" = String), ("x-release" = String), ("x-cache" = String))),
+        (status = 400, description = "A parameter is invalid (`parameter` names it)", body = ApiErrorBody),
+        (status = 401, description = "An API key is required", body = ApiErrorBody),
+        (status = 404, description = "Unknown product", body = ApiErrorBody),
+        (status = 503, description = "Overloaded (with Retry-After), past the deadline, or no model", body = ApiErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []), ("cookie" = []), ()))]
 async fn recommendation_v2(
     State(app): State<App>,
     stockcode: Result<Path<String>, PathRejection>,
@@ -637,6 +839,18 @@ async fn recommendation_v2(
         .into_response())
 }
 
+/// The original's SageMaker-style entry: answers as `/v1`.
+#[utoipa::path(post, path = "/invocations", tag = "pricing",
+    request_body = InvocationBody,
+    responses(
+        (status = 200, description = "As /v1", body = Vec<LegacyRow>),
+        (status = 400, description = "The body or a parameter is invalid", body = ApiErrorBody),
+        (status = 401, description = "An API key is required", body = ApiErrorBody),
+        (status = 404, description = "Unknown product", body = ApiErrorBody),
+        (status = 413, description = "The body is too large", body = ApiErrorBody),
+        (status = 503, description = "Overloaded, past the deadline, or no model", body = ApiErrorBody),
+    ),
+    security(("api_key" = []), ("bearer" = []), ()))]
 async fn invocations(
     State(app): State<App>,
     headers: HeaderMap,
@@ -669,10 +883,102 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> ApiError {
     )
 }
 
-/// Fails a request that runs past the deadline with 503 and a JSON error.
-async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+/// The request deadline, put on each request by [`observe::observe`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline(pub Duration);
+
+/// Fails a pricing request that runs past the deadline with 503 and a JSON
+/// error.
+async fn deadline(request: Request, next: Next) -> Response {
+    let Some(Deadline(limit)) = request.extensions().get::<Deadline>().copied() else {
+        return next.run(request).await;
+    };
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::deadline(limit).into_response(),
     }
+}
+
+/// The API's OpenAPI description: the routes below, each documented on its
+/// handler, so a route cannot be served without being described.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Price recommendation API",
+        description = "Recommends the price that maximises expected revenue or profit for each product, with the demand curve, its uncertainty band and the model and release that answered. Errors are JSON `{error, parameter?, status}`."
+    ),
+    components(schemas(ApiErrorBody, Recommendation)),
+    modifiers(&SecurityAddon),
+    tags(
+        (name = "pricing", description = "Recommendations"),
+        (name = "catalogue", description = "Products, history, the release"),
+        (name = "console", description = "The pricing console"),
+        (name = "service", description = "Health, metrics, this description"),
+        (name = "admin", description = "State changes (admin key)"),
+    )
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("x-api-key"))),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::COOKIE))),
+        );
+    }
+}
+
+/// Every route, with its documentation.
+fn api_routes() -> OpenApiRouter<App> {
+    let priced = OpenApiRouter::new()
+        .routes(routes!(predict_price_v1))
+        .routes(routes!(recommendation_v2))
+        .routes(routes!(invocations))
+        .route_layer(middleware::from_fn(deadline));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(priced)
+        .routes(routes!(ping))
+        .routes(routes!(health))
+        .routes(routes!(console::metrics))
+        .routes(routes!(catalogue::products))
+        .routes(routes!(catalogue::products_csv))
+        .routes(routes!(catalogue::history))
+        .routes(routes!(catalogue::release))
+        .routes(routes!(catalogue::gate_report_html))
+        .routes(routes!(catalogue::gate_report_json))
+        .routes(routes!(console::index))
+        .routes(routes!(console::asset))
+        .routes(routes!(console::login_form, console::login))
+        .routes(routes!(console::logout))
+        .routes(routes!(console::openapi_json))
+        .routes(routes!(console::docs))
+        .routes(routes!(console::admin_reload))
+        .routes(routes!(console::admin_cache_clear))
+}
+
+/// The OpenAPI description of [`App::router`] (what `/openapi.json` serves).
+pub fn openapi() -> &'static str {
+    static SPEC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let (_, mut doc) = api_routes().split_for_parts();
+        doc.info.version = env!("CARGO_PKG_VERSION").into();
+        doc.to_pretty_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "serialising the OpenAPI description");
+            String::from("{}")
+        })
+    })
 }

@@ -61,6 +61,19 @@ struct Args {
     /// Most connections open at once (more wait in the kernel backlog).
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024)]
     max_connections: usize,
+    /// API keys file (TOML, `[[keys]] name, sha256, role, revoked`): with keys,
+    /// every route but /ping needs one.
+    #[arg(long, env = "PRICE_API_KEYS_FILE")]
+    api_keys: Option<std::path::PathBuf>,
+    /// API keys as `name:role:sha256,...` (added to the file's).
+    #[arg(long, env = "PRICE_API_KEYS", hide_env_values = true)]
+    api_keys_list: Option<String>,
+    /// Print the SHA-256 of the key read from standard input (for the keys file) and exit.
+    #[arg(long)]
+    hash_api_key: bool,
+    /// Log format: `text` or `json` (one JSON object per line).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Log filter (RUST_LOG syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     log: String,
@@ -102,6 +115,7 @@ impl Args {
             );
         }
         c.reload_interval = Duration::from_secs_f64(self.reload_interval_secs);
+        c.auth = serve::AuthConfig::load(self.api_keys.as_deref(), self.api_keys_list.as_deref())?;
         c.validate()?;
         Ok(c)
     }
@@ -119,10 +133,25 @@ impl Args {
 async fn main() -> Result<()> {
     let started = Instant::now();
     let args = Args::parse();
-    tracing_subscriber::fmt()
+    if args.hash_api_key {
+        let mut key = String::new();
+        std::io::stdin()
+            .read_line(&mut key)
+            .context("reading the key from standard input")?;
+        println!(
+            "{}",
+            serve::auth::hash_key(key.trim_end_matches(['\r', '\n']))
+        );
+        return Ok(());
+    }
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if args.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let config = args.config()?;
     if args.cache_clear {
         let cache = serve::Cache::open(&config.cache, &config.cache_prefix, config.cache_ttl)?;
@@ -154,7 +183,8 @@ async fn main() -> Result<()> {
         backups = ?health.backups,
         model_version = %health.model_version,
         cache = app.cache().backend_name(),
-        "listening on http://{} (ready in {} ms)",
+        access_control = config.auth.enabled(),
+        "listening on http://{0} (pricing console: http://{0}/, API docs: http://{0}/docs; ready in {1} ms)",
         listener.local_addr()?,
         started.elapsed().as_millis()
     );

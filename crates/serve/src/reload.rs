@@ -43,7 +43,7 @@ impl ReleaseSource for StoreSource {
 }
 
 /// A release that was refused at reload, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RefusedRelease {
     /// Its id.
     pub release: String,

@@ -172,6 +172,16 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
             "RELOAD_INTERVAL_SECS",
         ),
         (vec![], vec!["--max-concurrent", "0"], "MAX_CONCURRENT"),
+        (
+            vec![("PRICE_API_KEYS", "team:owner:00")],
+            vec![],
+            "role `owner`",
+        ),
+        (
+            vec![],
+            vec!["--api-keys", "/nonexistent/keys.toml"],
+            "/nonexistent/keys.toml",
+        ),
     ] {
         let out = run(&env, &args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -191,4 +201,91 @@ fn bad_configuration_is_a_clear_error_not_a_panic() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no production release"), "{err}");
+}
+
+#[test]
+fn json_request_logs_name_the_route_status_model_release_and_key_holder() {
+    use std::io::{BufRead, Write};
+    let scenario = Scenario::new(300);
+    let store = scenario.promoted("run");
+    let port = free_port();
+    // The key's hash, as an operator computes it.
+    let mut hasher = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .arg("--hash-api-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hasher
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"secret-key\n")
+        .unwrap();
+    let out = hasher.wait_with_output().unwrap();
+    let hash = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(hash, serve::auth::hash_key("secret-key"));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_serve"))
+        .arg("--artifacts")
+        .arg(store.root())
+        .args([
+            "--port",
+            &port.to_string(),
+            "--log-format",
+            "json",
+            "--no-cache",
+        ])
+        .env_remove("REDIS_URL")
+        .env("PRICE_API_KEYS", format!("pricing:read:{hash}"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let server = Kill(child);
+    testkit::wait_for_ping(port, 30);
+    let code = &scenario.data.products[0].stock_code;
+    let uri = format!("/v2/recommendation/{code}");
+    let denied = http_get(port, &uri).unwrap();
+    assert_eq!(denied.status, 401, "{}", denied.body);
+    {
+        use std::io::{Read, Write as _};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {uri} HTTP/1.1\r\nHost: localhost\r\nx-api-key: secret-key\r\nx-request-id: trace-7\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    }
+    drop(server);
+    let lines: Vec<serde_json::Value> = std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+        .map(|l| serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "serve::request" && l["path"] == uri.as_str())
+        .collect();
+    assert_eq!(requests.len(), 2, "{lines:#?}");
+    assert_eq!(requests[0]["status"], 401);
+    assert_eq!(requests[0]["key"], "-");
+    let ok = requests[1];
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["request_id"], "trace-7");
+    assert_eq!(ok["route"], "/v2/recommendation/{stockcode}");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["cache"], "off");
+    assert_eq!(ok["key"], "pricing");
+    assert!(ok["model"].as_str().is_some_and(|m| m != "-"), "{ok}");
+    assert!(
+        ok["release"].as_str().is_some_and(|r| r.len() == 16),
+        "{ok}"
+    );
+    assert!(ok["latency_ms"].as_f64().is_some_and(|l| l > 0.0), "{ok}");
 }

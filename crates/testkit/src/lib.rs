@@ -555,3 +555,6 @@ pub fn get(uri: &str) -> axum::http::Request<axum::body::Body> {
         .body(axum::body::Body::empty())
         .unwrap_or_else(|e| panic!("request {uri}: {e}"))
 }
+
+/// Headless Chromium for browser tests (the `browser` crate).
+pub use browser::Browser;
