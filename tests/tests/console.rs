@@ -610,6 +610,10 @@ async fn the_ranking_lists_every_product_and_the_csv_matches() {
     assert_eq!(p2["products"][0]["stockcode"], rows[7]["stockcode"]);
     let (_, _, found) = call(&router, get("/v2/products?q=heart%20holder")).await;
     assert_eq!(found["products"][0]["stockcode"].as_str(), Some(CODE));
+    let (_, _, busy) = call(&router, get("/v2/products?min_lines=100&per_page=1000")).await;
+    let busy = busy["products"].as_array().unwrap();
+    assert!(!busy.is_empty() && busy.len() < products, "{}", busy.len());
+    assert!(busy.iter().all(|r| r["lines"].as_f64().unwrap() >= 100.0));
     let (_, _, exact) = call(&router, get(&format!("/v2/products?q={CODE}"))).await;
     assert_eq!(exact["products"][0]["stockcode"].as_str(), Some(CODE));
     // The CSV has every product, in the same order.

@@ -175,6 +175,33 @@ async fn invocations_and_errors_through_events() {
     }
 }
 
+#[tokio::test]
+async fn the_console_and_its_routes_through_events() {
+    let app = app();
+    let lambda = lambda::lambda_router(&app);
+    for kind in ALL {
+        let (status, _, page) = invoke(
+            &lambda,
+            &event(kind, "GET", "/v2/products", &[("q", "heart")], None),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{kind:?}: {page}");
+        assert_eq!(page["products"][0]["stockcode"], "85123A", "{kind:?}");
+        let (status, _, spec) =
+            invoke(&lambda, &event(kind, "GET", "/openapi.json", &[], None)).await;
+        assert_eq!(status, StatusCode::OK, "{kind:?}");
+        assert!(spec["paths"]["/v2/recommendation/{stockcode}"].is_object());
+        let request = lambda_http::request::from_str(&event(kind, "GET", "/", &[], None)).unwrap();
+        let response = lambda.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{kind:?}");
+        let html = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&html).contains("<title>Pricing console</title>"),
+            "{kind:?}"
+        );
+    }
+}
+
 /// Copies a local store's production pointer and its release to `remote`.
 fn publish(local: &lineage::LocalStore, remote: &dyn ArtifactStore) -> lineage::Pointer {
     let pointer = Releases::new(local, None).production().unwrap().unwrap();

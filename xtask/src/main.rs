@@ -12,6 +12,7 @@
 //! - `bench` times the stages on a dataset and prints medians; `bench serve`
 //!   load-tests the HTTP API on real artifacts (latency percentiles, req/s).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -94,10 +95,25 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Which stages are stale, and why.
+    /// Which stages are stale, and why; exits 1 when any is (like `dvc status -q`).
     Status {
         #[command(flatten)]
         common: Common,
+        /// Print JSON: `[{stage, stale, reasons}]`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve the production release: the HTTP API and the pricing console
+    /// (the `serve` binary's options; built with the pipeline, so one build
+    /// gives both).
+    Serve(serve::cli::Args),
+    /// The effective params (defaults, params file, --set) and where each came from.
+    Params {
+        #[command(flatten)]
+        common: Common,
+        /// Print JSON: `{key: {value, source}}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Show all stage metrics.
     Metrics {
@@ -308,12 +324,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` installs its own log subscriber (text or JSON, its own filter).
+    if !matches!(cli.command, Command::Serve(_)) {
+        let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -346,7 +365,9 @@ fn run(command: Command) -> Result<()> {
             force,
             until,
         } => cmd_pipeline(&common, force, until.as_deref()),
-        Command::Status { common } => cmd_status(&common),
+        Command::Status { common, json } => cmd_status(&common, json),
+        Command::Params { common, json } => cmd_params(&common, json),
+        Command::Serve(args) => cmd_serve(args),
         Command::Retrain { common } => cmd_retrain(&common),
         Command::Metrics { out, json } => cmd_metrics(&out, json),
         Command::Drift {
@@ -591,23 +612,96 @@ fn cmd_faults(filter: Option<&str>) -> Result<()> {
 }
 
 fn load_params(common_params: Option<&Path>, overrides: &[String]) -> Result<Params> {
-    let mut params = match common_params {
-        Some(p) => Params::load(p)?,
-        None if Path::new("params.toml").exists() => Params::load(Path::new("params.toml"))?,
-        None => pipeline::default_params(),
+    Ok(load_params_with_sources(common_params, overrides)?.0)
+}
+
+/// The effective params: the compiled-in defaults, overlaid by the params
+/// file (`--params`, else `./params.toml` if present), overlaid by each
+/// `--set`; every key is checked against the defaults (an unknown key is an
+/// error naming the closest valid one, a value of the wrong type names the
+/// type wanted). Also says where each key's value came from.
+fn load_params_with_sources(
+    common_params: Option<&Path>,
+    overrides: &[String],
+) -> Result<(Params, BTreeMap<String, lineage::ParamSource>)> {
+    let defaults = pipeline::default_params();
+    let file = match common_params {
+        Some(p) => Some(p.to_path_buf()),
+        None if Path::new("params.toml").exists() => Some(PathBuf::from("params.toml")),
+        None => {
+            tracing::info!(
+                "no params.toml here: using the compiled-in defaults (`cargo xtask params` prints them)"
+            );
+            None
+        }
     };
+    let mut params = defaults.clone();
+    let mut sources: BTreeMap<String, lineage::ParamSource> = defaults
+        .leaves()
+        .into_keys()
+        .map(|k| (k, lineage::ParamSource::Default))
+        .collect();
+    if let Some(path) = &file {
+        let from_file = Params::load(path)?;
+        from_file.check_against(&defaults, &path.display().to_string())?;
+        for (key, value) in from_file.leaves() {
+            params.set(&key, value.clone())?;
+            sources.insert(key, lineage::ParamSource::File);
+        }
+    }
     for o in overrides {
         let (key, value) = o
             .split_once('=')
             .with_context(|| format!("--set {o:?}: expected KEY=VALUE"))?;
+        let key = key.trim();
         let parsed: toml::Value = format!("v = {value}")
             .parse::<toml::Table>()
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.to_string()));
-        params.set(key.trim(), parsed)?;
+        let mut one = Params::default();
+        one.set(key, parsed.clone())?;
+        one.check_against(&defaults, &format!("--set {o}"))?;
+        params.set(key, parsed)?;
+        sources.insert(key.to_string(), lineage::ParamSource::Set);
     }
-    Ok(params)
+    Ok((params, sources))
+}
+
+/// `cargo xtask serve`: the server of the `serve` binary, in this build.
+fn cmd_serve(args: serve::cli::Args) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve::cli::run(args))?;
+    Ok(())
+}
+
+/// `cargo xtask params`: the effective params and where each came from.
+fn cmd_params(common: &Common, json: bool) -> Result<()> {
+    let (params, sources) = load_params_with_sources(common.params.as_deref(), &common.overrides)?;
+    let leaves = params.leaves();
+    if json {
+        let out: serde_json::Map<String, serde_json::Value> = leaves
+            .iter()
+            .map(|(k, v)| {
+                let value = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                let source = sources.get(k).map_or("default", |s| s.label());
+                (
+                    k.clone(),
+                    serde_json::json!({"value": value, "source": source}),
+                )
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let width = leaves.keys().map(String::len).max().unwrap_or(0);
+    for (k, v) in &leaves {
+        let source = sources.get(k).map_or("default", |s| s.label());
+        outln!("{k:<width$} = {v}    # {source}");
+    }
+    Ok(())
 }
 
 fn raw_path(raw: Option<PathBuf>, params: &Params) -> Result<PathBuf> {
@@ -729,15 +823,38 @@ fn cmd_retrain(common: &Common) -> Result<()> {
     Ok(())
 }
 
-fn cmd_status(common: &Common) -> Result<()> {
+fn cmd_status(common: &Common, json: bool) -> Result<()> {
     let params = load_params(common.params.as_deref(), &common.overrides)?;
     let raw = raw_path(common.raw.clone(), &params)?;
     let store = lineage::open_store(&common.out)?;
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.stockcode = common.stockcode.clone();
     let statuses = pipeline::status(&config)?;
+    let stale = statuses.iter().filter(|s| !s.reasons.is_empty()).count();
+    if json {
+        let out: Vec<serde_json::Value> = statuses
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "stage": s.name,
+                    "stale": !s.reasons.is_empty(),
+                    "reasons": s.reasons,
+                })
+            })
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_status(&statuses)?;
+    }
+    if stale > 0 {
+        bail!("{stale} stage(s) stale: `cargo xtask pipeline` would run them");
+    }
+    Ok(())
+}
+
+fn print_status(statuses: &[pipeline::StageStatus]) -> Result<()> {
     let mut stale = 0;
-    for s in &statuses {
+    for s in statuses {
         if s.reasons.is_empty() {
             outln!("{}: up to date", s.name);
         } else {

@@ -113,6 +113,59 @@ fn pipeline_runs_then_skips_and_reports() {
         s.contains("split: stale") && s.contains("preprocess.scaling"),
         "{s}"
     );
+    // Stale is a non-zero exit (like `dvc status -q`); up to date is 0.
+    assert!(status.status.success());
+    assert_eq!(changed.status.code(), Some(1), "{}", text(&changed.stderr));
+    let as_json = xtask(
+        &[
+            "status",
+            "--raw",
+            raw_s,
+            "--out",
+            out_s,
+            "--json",
+            "--set",
+            "preprocess.scaling=\"none\"",
+        ],
+        dir.path(),
+    );
+    let stages: serde_json::Value = serde_json::from_slice(&as_json.stdout).unwrap();
+    assert!(
+        stages
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|st| st["stage"] == "split" && st["stale"] == true),
+        "{stages}"
+    );
+    // A misspelt key is an error naming the closest valid one.
+    let typo = xtask(
+        &[
+            "status",
+            "--raw",
+            raw_s,
+            "--out",
+            out_s,
+            "--set",
+            "gate.overide=true",
+        ],
+        dir.path(),
+    );
+    let err = text(&typo.stderr);
+    assert_eq!(typo.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown key `gate.overide`") && err.contains("did you mean `gate.override`"),
+        "{err}"
+    );
+    // The effective params say where each value came from.
+    let params = xtask(
+        &["params", "--set", "split.train_fraction=0.6", "--json"],
+        dir.path(),
+    );
+    let p: serde_json::Value = serde_json::from_slice(&params.stdout).unwrap();
+    assert_eq!(p["split.train_fraction"]["value"], 0.6);
+    assert_eq!(p["split.train_fraction"]["source"], "--set");
+    assert_eq!(p["split.val_fraction"]["source"], "default");
     let metrics = xtask(&["metrics", "--out", out_s, "--json"], dir.path());
     let m: serde_json::Value = serde_json::from_slice(&metrics.stdout).unwrap();
     assert!(m["etl"]["rows_in"].as_u64().unwrap() > 0);

@@ -27,7 +27,7 @@ use std::path::Path;
 
 pub use keys::ArtifactKeys;
 pub use lock::{LOCK_KEY, LockFile, StageLock};
-pub use params::Params;
+pub use params::{ParamSource, Params, closest};
 pub use release::{Pointer, PromotionEvent, ReleaseInfo, ReleaseStore, Releases, Verdict};
 pub use runlock::{DEFAULT_LEASE, LockHolder, RunLock};
 pub use runner::{

@@ -128,3 +128,178 @@ impl Params {
             .collect()
     }
 }
+
+/// Where an effective parameter came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamSource {
+    /// The compiled-in defaults (no params file, or the file leaves it out).
+    Default,
+    /// The params file.
+    File,
+    /// A `--set KEY=VALUE` on the command line.
+    Set,
+}
+
+impl ParamSource {
+    /// How `xtask params` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ParamSource::Default => "default",
+            ParamSource::File => "file",
+            ParamSource::Set => "--set",
+        }
+    }
+}
+
+/// The closest of `known` to `key` (edit distance, at most a third of the
+/// key's length, and at least 2), for "did you mean" messages.
+pub fn closest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).max(2);
+    known
+        .into_iter()
+        .map(|k| (strsim::levenshtein(key, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, k)| (*d, *k))
+        .map(|(_, k)| k)
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a number",
+        toml::Value::Boolean(_) => "true or false",
+        toml::Value::Datetime(_) => "a date-time",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+impl Params {
+    /// Every leaf key (dotted) with its value; an empty table is a leaf (an
+    /// open map, such as `gate.stattest`).
+    pub fn leaves(&self) -> BTreeMap<String, &toml::Value> {
+        fn walk<'a>(
+            prefix: &str,
+            table: &'a toml::Table,
+            out: &mut BTreeMap<String, &'a toml::Value>,
+        ) {
+            for (k, v) in table {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match v {
+                    toml::Value::Table(t) if !t.is_empty() => walk(&key, t, out),
+                    v => {
+                        out.insert(key, v);
+                    }
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk("", &self.table, &mut out);
+        out
+    }
+
+    /// Checks every key of `self` against `schema` (the compiled-in
+    /// defaults): an unknown key is an error naming it and the closest known
+    /// key; a value of another type than the default's is an error naming
+    /// the key and the type wanted (an integer is accepted for a number).
+    /// Keys under an open map of the schema (an empty table) are accepted.
+    pub fn check_against(&self, schema: &Params, origin: &str) -> Result<()> {
+        let known = schema.leaves();
+        for (key, value) in self.leaves() {
+            let open = known
+                .iter()
+                .any(|(k, v)| v.as_table().is_some() && key.starts_with(&format!("{k}.")));
+            if open {
+                continue;
+            }
+            let Some(default) = known.get(&key) else {
+                let hint = closest(&key, known.keys().map(String::as_str))
+                    .map(|k| format!("; did you mean `{k}`?"))
+                    .unwrap_or_else(|| "; `cargo xtask params` lists the valid keys".to_string());
+                return Err(LineageError::Params(format!(
+                    "{origin}: unknown key `{key}`{hint}"
+                )));
+            };
+            let compatible = matches!(
+                (default, value),
+                (toml::Value::String(_), toml::Value::String(_))
+                    | (toml::Value::Integer(_), toml::Value::Integer(_))
+                    | (
+                        toml::Value::Float(_),
+                        toml::Value::Float(_) | toml::Value::Integer(_)
+                    )
+                    | (toml::Value::Boolean(_), toml::Value::Boolean(_))
+                    | (toml::Value::Array(_), toml::Value::Array(_))
+                    | (toml::Value::Table(_), toml::Value::Table(_))
+                    | (toml::Value::Datetime(_), toml::Value::Datetime(_))
+            );
+            if !compatible {
+                return Err(LineageError::Params(format!(
+                    "{origin}: `{key}` must be {} (default {default}), found {value}",
+                    type_name(default)
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Params {
+        Params::from_toml_str(
+            "[gate]\noverride = false\np_value_threshold = 0.05\nstattest = {}\n[split]\nmethod = \"fraction\"\ntrain_fraction = 0.7\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn unknown_keys_name_the_closest_valid_one() {
+        let mut p = Params::default();
+        p.set("gate.overide", true).unwrap();
+        let e = p.check_against(&schema(), "--set").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown key `gate.overide`") && e.contains("did you mean `gate.override`"),
+            "{e}"
+        );
+        let mut p = Params::default();
+        p.set("nothing.like.it", 1).unwrap();
+        let e = p
+            .check_against(&schema(), "params.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("params.toml") && e.contains("cargo xtask params"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn values_keep_the_defaults_type_and_open_maps_accept_any_key() {
+        let mut p = Params::default();
+        p.set("split.train_fraction", 1).unwrap(); // an integer is a number
+        p.set("gate.stattest.unit_price", "ks").unwrap();
+        p.check_against(&schema(), "x").unwrap();
+        let mut p = Params::default();
+        p.set("gate.override", "yes").unwrap();
+        let e = p.check_against(&schema(), "--set").unwrap_err().to_string();
+        assert!(e.contains("`gate.override` must be true or false"), "{e}");
+        let mut p = Params::default();
+        p.set("split.method", 2).unwrap();
+        assert!(p.check_against(&schema(), "x").is_err());
+    }
+
+    #[test]
+    fn closest_needs_a_near_key() {
+        let known = ["models.seed", "models.priority", "gate.override"];
+        assert_eq!(closest("models.sed", known), Some("models.seed"));
+        assert_eq!(closest("zzz", known), None);
+    }
+}

@@ -244,6 +244,7 @@ async function showRanking(q) {
   $("ranking-view").hidden = false;
   $("rq").value = q.get("q") || "";
   $("redge").value = q.get("edge") || "";
+  $("rmin").value = q.get("min_lines") || "";
   $("rper").value = q.get("per_page") || "50";
   const csv = new URLSearchParams(q); csv.delete("page"); csv.delete("per_page");
   $("csv-link").href = "/v2/products.csv" + (csv.toString() ? "?" + csv : "");
@@ -306,7 +307,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("ranking-filter").addEventListener("submit", (e) => {
     e.preventDefault();
     const q = rankingQuery();
-    for (const [k, id] of [["q", "rq"], ["edge", "redge"], ["per_page", "rper"]]) {
+    for (const [k, id] of [["q", "rq"], ["edge", "redge"], ["min_lines", "rmin"], ["per_page", "rper"]]) {
       const v = $(id).value; if (v) q.set(k, v); else q.delete(k);
     }
     q.delete("page");

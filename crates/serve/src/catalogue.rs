@@ -60,13 +60,14 @@ pub struct Ranking {
 }
 
 impl Ranking {
-    /// Prices every product at the default request, on all cores.
+    /// Prices every product at the default request, on half the cores, so
+    /// requests keep being answered while it runs (at start and after each
+    /// release swap).
     pub fn compute(recommender: &Recommender) -> Self {
         let started = Instant::now();
         let products: Vec<_> = recommender.products().collect();
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(products.len().max(1));
+        let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2)
+            .clamp(1, products.len().max(1));
         let chunk = products.len().div_ceil(threads).max(1);
         let rows: Vec<RankedProduct> = std::thread::scope(|s| {
             let handles: Vec<_> = products
@@ -243,6 +244,9 @@ pub struct ProductsQuery {
     order: Option<String>,
     /// `true`: only optima at the grid's edge; `false`: only interior ones.
     edge: Option<bool>,
+    /// Only products with at least this many sales lines (thin data makes
+    /// large, uncertain uplifts).
+    min_lines: Option<f64>,
     /// Page, from 1 (JSON only).
     #[param(minimum = 1)]
     page: Option<usize>,
@@ -257,6 +261,7 @@ struct Parsed {
     sort: SortKey,
     desc: bool,
     edge: Option<bool>,
+    min_lines: f64,
     page: usize,
     per_page: usize,
 }
@@ -272,6 +277,7 @@ fn parse_query(query: Option<&str>) -> Result<Parsed, ApiError> {
         sort: SortKey::Uplift,
         desc: true,
         edge: None,
+        min_lines: 0.0,
         page: 1,
         per_page: 50,
     };
@@ -312,13 +318,20 @@ fn parse_query(query: Option<&str>) -> Result<Parsed, ApiError> {
                     _ => return Err(bad("edge", format!("`{v}` is not true or false"))),
                 });
             }
+            "min_lines" => {
+                p.min_lines = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|n| n.is_finite() && *n >= 0.0)
+                    .ok_or_else(|| bad("min_lines", format!("`{v}` is not a number ≥ 0")))?;
+            }
             "page" => p.page = number(usize::MAX)?,
             "per_page" => p.per_page = number(1000)?,
             other => {
                 return Err(bad(
                     other,
                     format!(
-                        "unknown parameter `{}` (known: q, sort, order, edge, page, per_page)",
+                        "unknown parameter `{}` (known: q, sort, order, edge, min_lines, page, per_page)",
                         other.chars().take(40).collect::<String>()
                     ),
                 ));
@@ -339,6 +352,7 @@ fn select<'a>(ranking: &'a Ranking, p: &Parsed) -> Vec<&'a RankedProduct> {
             p.words.iter().all(|w| text.contains(w.as_str()))
         })
         .filter(|r| p.edge.is_none_or(|edge| r.at_grid_edge.is_some() == edge))
+        .filter(|r| r.lines >= p.min_lines)
         .collect();
     let num = |r: &RankedProduct| -> Option<f64> {
         match p.sort {

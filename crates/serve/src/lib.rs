@@ -52,6 +52,7 @@
 pub mod auth;
 mod cache;
 pub mod catalogue;
+pub mod cli;
 pub mod console;
 mod limits;
 pub mod observe;
@@ -97,6 +98,17 @@ pub enum ServeError {
     /// A cache maintenance command failed.
     #[error("cache: {0}")]
     Cache(String),
+    /// The listening address could not be bound.
+    #[error("binding {address}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Reading standard input, or serving connections, failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
 }
 
 /// The service's configuration.

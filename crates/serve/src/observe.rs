@@ -21,9 +21,10 @@ use crate::App;
 /// The request id header.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The route template that answered (set on the response by the router).
+/// The route template that answered (set on the response by the router;
+/// `MatchedPath` is a shared string, so this copies no text).
 #[derive(Debug, Clone)]
-pub(crate) struct RouteName(pub String);
+pub(crate) struct RouteName(pub MatchedPath);
 
 /// The key's holder, when access control identified one.
 #[derive(Debug, Clone)]
@@ -182,10 +183,7 @@ fn request_id(request: &Request) -> HeaderValue {
 
 /// Inner layer (per route): tells the outer layer which route answered.
 pub(crate) async fn tag_route(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let mut response = next.run(request).await;
     if let Some(route) = route {
         response.extensions_mut().insert(RouteName(route));
@@ -202,33 +200,38 @@ pub(crate) async fn observe(State(app): State<App>, mut request: Request, next: 
         .extensions_mut()
         .insert(crate::Deadline(app.inner.config.request_timeout));
     let method = request.method().clone();
-    let path = request.uri().path().to_string();
+    // The path is kept only when the log line will be written.
+    let logging = tracing::enabled!(target: "serve::request", tracing::Level::INFO);
+    let path = if logging {
+        request.uri().path().to_string()
+    } else {
+        String::new()
+    };
     let mut response = next.run(request).await;
     let secs = started.elapsed().as_secs_f64();
     let status = response.status();
-    let route = response
-        .extensions()
-        .get::<RouteName>()
-        .map_or("unmatched", |r| r.0.as_str())
-        .to_string();
+    let route = response.extensions().get::<RouteName>().cloned();
+    let route = route.as_ref().map_or("unmatched", |r| r.0.as_str());
     app.inner
         .metrics
-        .record(&route, &method, status, secs, &response);
-    let key = response.extensions().get::<KeyName>().map(|k| k.0.clone());
-    tracing::info!(
-        target: "serve::request",
-        request_id = id.to_str().unwrap_or(""),
-        method = %method,
-        path = %path,
-        route = %route,
-        status = status.as_u16(),
-        latency_ms = secs * 1e3,
-        cache = header(&response, "x-cache").unwrap_or("-"),
-        model = header(&response, "x-model").unwrap_or("-"),
-        release = header(&response, "x-release").unwrap_or("-"),
-        key = key.as_deref().unwrap_or("-"),
-        "request"
-    );
+        .record(route, &method, status, secs, &response);
+    if logging {
+        let key = response.extensions().get::<KeyName>().map(|k| k.0.clone());
+        tracing::info!(
+            target: "serve::request",
+            request_id = id.to_str().unwrap_or(""),
+            method = %method,
+            path = %path,
+            route = %route,
+            status = status.as_u16(),
+            latency_ms = secs * 1e3,
+            cache = header(&response, "x-cache").unwrap_or("-"),
+            model = header(&response, "x-model").unwrap_or("-"),
+            release = header(&response, "x-release").unwrap_or("-"),
+            key = key.as_deref().unwrap_or("-"),
+            "request"
+        );
+    }
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }
