@@ -803,3 +803,109 @@ fn console(opts: &ServeBench) -> Result<()> {
         Ok(())
     })
 }
+
+/// Resident memory of a process now (`VmRSS`), in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `cargo xtask soak`: the server driven flat out for `seconds` by
+/// `concurrency` closed-loop clients (each sends its next request when the
+/// last is answered: the server's maximum), one request in ten uncached
+/// (`Cache-Control: no-cache`, so it is computed), over the 200 best-selling
+/// products with varying grids; RSS sampled every second. At most
+/// `concurrency` computations are ever asked for at once, below the admission
+/// limit, so any non-200 is an error.
+pub fn soak(opts: &ServeBench) -> Result<()> {
+    let products = Arc::new(top_products(&opts.artifacts, 200)?);
+    if products.is_empty() {
+        bail!("no products in {}", opts.artifacts);
+    }
+    let bench = start(opts, &[])?;
+    let pid = bench.server.0.id();
+    let (client, base) = (bench.client.clone(), bench.base.clone());
+    let (concurrency, seconds) = (opts.concurrency.max(1), opts.seconds.max(1));
+    outln!(
+        "soak: {concurrency} closed-loop clients for {seconds} s, 1 in 10 uncached, artifacts {}",
+        opts.artifacts
+    );
+    bench.rt.block_on(async move {
+        // One second of warm-up (the ranking is computed at start-up, caches
+        // fill); RSS is taken from here.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let end = Instant::now() + Duration::from_secs(seconds);
+        let sampler = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while Instant::now() < end {
+                samples.push(rss_mib(pid).unwrap_or(f64::NAN));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            samples.push(rss_mib(pid).unwrap_or(f64::NAN));
+            samples
+        });
+        let mut tasks = Vec::new();
+        for w in 0..concurrency {
+            let (client, base, products) = (client.clone(), base.clone(), products.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut h = Histogram::<u64>::new(3)?;
+                let (mut errors, mut uncached) = (0u64, 0u64);
+                let mut i = w;
+                while Instant::now() < end {
+                    let code = &products[i % products.len()];
+                    let bins = 20 + (i / products.len()) % 5 * 20;
+                    let no_cache = i % 10 == 0;
+                    let uri = format!("{base}/v2/recommendation/{code}?num_price_bins={bins}");
+                    i += concurrency;
+                    let t = Instant::now();
+                    match fetch_answer(&client, &uri, no_cache).await {
+                        Ok(a) if a.status == 200 => h.record(micros(t.elapsed()))?,
+                        _ => errors += 1,
+                    }
+                    uncached += u64::from(no_cache);
+                }
+                anyhow::Ok((h, errors, uncached))
+            }));
+        }
+        let mut h = Histogram::<u64>::new(3)?;
+        let (mut errors, mut uncached) = (0u64, 0u64);
+        for t in tasks {
+            let (th, e, u) = t.await??;
+            h.add(&th)?;
+            errors += e;
+            uncached += u;
+        }
+        let samples = sampler.await?;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        outln!(
+            "requests {} ({:.0} req/s), of which uncached {uncached}; errors {errors}",
+            h.len() + errors,
+            (h.len() + errors) as f64 / seconds as f64
+        );
+        outln!(
+            "latency p50 {:.3} ms  p99 {:.3} ms  max {:.3} ms",
+            ms(0.5),
+            ms(0.99),
+            h.max() as f64 / 1000.0
+        );
+        let (first, last) = (samples[0], samples[samples.len() - 1]);
+        let peak = samples.iter().copied().fold(f64::NAN, f64::max);
+        outln!(
+            "RSS start {first:.1} MiB, end {last:.1} MiB ({:+.1} %), peak {peak:.1} MiB, {} samples",
+            (last / first - 1.0) * 100.0,
+            samples.len()
+        );
+        if errors > 0 {
+            bail!("{errors} requests failed");
+        }
+        Ok(())
+    })
+}

@@ -38,6 +38,7 @@ macro_rules! outln {
 
 mod backtest;
 mod bench_serve;
+mod schedule;
 
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
 const REFERENCE_SHA256: &str = "ae0b5894e9c29449be61ad4ba9ec868083138431cfd5d8a51b2ab68659c4d508";
@@ -107,6 +108,40 @@ enum Command {
     /// (the `serve` binary's options; built with the pipeline, so one build
     /// gives both).
     Serve(serve::cli::Args),
+    /// Run the pipeline at every tick of a cron schedule (the original's weekly
+    /// retrain), promoting through the gate; each run is recorded under
+    /// `schedule/runs/` in the store (started, skipped, promoted, unchanged,
+    /// blocked, failed).
+    Schedule {
+        #[command(flatten)]
+        common: Common,
+        /// Cron expression, seconds first, UTC: `0 0 3 * * Mon` is Mondays at 03:00.
+        #[arg(long, default_value = "0 0 3 * * Mon")]
+        cron: String,
+        /// Stop after this many runs (default: run until SIGTERM).
+        #[arg(long)]
+        max_runs: Option<usize>,
+    },
+    /// Drive the release server flat out (closed-loop clients, 1 request in 10
+    /// uncached) and sample its RSS every second.
+    Soak {
+        /// Artifacts of a pipeline run (directory or s3://bucket/prefix).
+        #[arg(long, default_value = "run")]
+        out: String,
+        /// Duration in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Concurrent closed-loop clients (at most the server's computation
+        /// slots plus its wait queue, so none is shed).
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Port for the server.
+        #[arg(long, default_value_t = 5098)]
+        port: u16,
+        /// Use this Redis as the server's cache.
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
     /// The effective params (defaults, params file, --set) and where each came from.
     Params {
         #[command(flatten)]
@@ -126,7 +161,7 @@ enum Command {
     },
     /// Put the raw dataset where the pipeline looks by default.
     Data {
-        /// Copy from this file (offline).
+        /// Copy from this file (offline): CSV, CSV.gz, or the UCI site's .xlsx / .zip (converted).
         #[arg(long)]
         from: Option<PathBuf>,
         /// Destination (default: `data.raw` in params).
@@ -135,7 +170,7 @@ enum Command {
     },
     /// Write a synthetic dataset with a known price response.
     Gen {
-        /// Output file (`.gz` → gzip-compressed).
+        /// Output file (`.gz` → gzip-compressed, `.xlsx` → a workbook as the UCI site ships it).
         #[arg(long)]
         out: PathBuf,
         /// RNG seed.
@@ -368,6 +403,32 @@ fn run(command: Command) -> Result<()> {
         Command::Status { common, json } => cmd_status(&common, json),
         Command::Params { common, json } => cmd_params(&common, json),
         Command::Serve(args) => cmd_serve(args),
+        Command::Soak {
+            out,
+            seconds,
+            concurrency,
+            port,
+            redis_url,
+        } => bench_serve::soak(&bench_serve::ServeBench {
+            artifacts: out,
+            port,
+            uncached_requests: 0,
+            seconds,
+            concurrency,
+            redis_url,
+            mode: "soak".into(),
+            reload_interval_secs: 30.0,
+            bins: 100,
+            serve_binary: None,
+            query: String::new(),
+            product: None,
+            shots: None,
+        }),
+        Command::Schedule {
+            common,
+            cron,
+            max_runs,
+        } => schedule::run(&common, &cron, max_runs),
         Command::Retrain { common } => cmd_retrain(&common),
         Command::Metrics { out, json } => cmd_metrics(&out, json),
         Command::Drift {
@@ -970,15 +1031,47 @@ fn cmd_data(from: Option<&Path>, dest: Option<PathBuf>) -> Result<()> {
     let dest = raw_path(dest, &params)?;
     let Some(from) = from else {
         bail!(
-            "downloading is not implemented (the UCI archive ships an .xlsx inside a .zip); \
-             download the Online Retail dataset (UCI id 352) as CSV or CSV.gz and run \
-             `cargo xtask data --from PATH`"
+            "downloading is not implemented: download the Online Retail dataset (UCI id 352, \
+             or Online Retail II, id 502) and run `cargo xtask data --from PATH` with the \
+             .zip, the .xlsx inside it, or a CSV / CSV.gz export"
         );
     };
-    let raw = etl::read_raw_file(from).with_context(|| format!("checking {}", from.display()))?;
     if let Some(parent) = dest.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    if etl::is_workbook(from) {
+        // The UCI site's .xlsx (inside a .zip): converted to the CSV(.gz)
+        // the pipeline reads.
+        let (csv, summary) = etl::workbook_to_csv(from, etl::DEFAULT_MAX_DECOMPRESSED_BYTES)?;
+        let raw = etl::read_raw_bytes(&csv, &from.display().to_string())
+            .with_context(|| format!("checking the CSV converted from {}", from.display()))?;
+        let gzip = dest
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gz"));
+        let bytes = if gzip {
+            use std::io::Write as _;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(&csv)?;
+            enc.finish()?
+        } else {
+            csv
+        };
+        lineage::write_atomic(&dest, &bytes)?;
+        let sheets: Vec<String> = summary
+            .sheets
+            .iter()
+            .map(|(name, n)| format!("`{name}` {n} rows"))
+            .collect();
+        outln!(
+            "converted {} ({}) to {} ({} data rows)",
+            from.display(),
+            sheets.join(", "),
+            dest.display(),
+            raw.height()
+        );
+        return Ok(());
+    }
+    let raw = etl::read_raw_file(from).with_context(|| format!("checking {}", from.display()))?;
     let bytes = std::fs::read(from)?;
     lineage::write_atomic(&dest, &bytes)?;
     let hash = sha256_file(&dest)?;
@@ -1087,18 +1180,28 @@ fn cmd_gen(out: &Path, seed: u64, invoices: usize, products: usize, clean: bool)
         noise: !clean,
         ..Default::default()
     });
-    let bytes = if out.extension().is_some_and(|e| e == "gz") {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(data.csv.as_bytes())?;
-        enc.finish()?
-    } else {
-        data.csv.into_bytes()
-    };
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    lineage::write_atomic(out, &bytes)?;
+    if out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("xlsx"))
+    {
+        // As the UCI site ships Online Retail II: a workbook, one sheet per year.
+        let tmp = out.with_extension("xlsx.tmp");
+        etl::csv_to_workbook(data.csv.as_bytes(), &tmp, 2)?;
+        std::fs::rename(&tmp, out)?;
+    } else {
+        let bytes = if out.extension().is_some_and(|e| e == "gz") {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            enc.write_all(data.csv.as_bytes())?;
+            enc.finish()?
+        } else {
+            data.csv.into_bytes()
+        };
+        lineage::write_atomic(out, &bytes)?;
+    }
     outln!(
         "wrote {} rows ({} products, {} dirty rows) to {}",
         data.rows,

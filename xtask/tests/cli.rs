@@ -12,7 +12,10 @@ use std::time::Duration;
 /// build, and the gate is overridden because a 3-epoch MLP fails the fairness
 /// check; tests/tests/gate.rs tests the gate itself).
 fn xtask(args: &[&str], cwd: &Path) -> Output {
-    let fast = matches!(args.first(), Some(&"pipeline") | Some(&"status"));
+    let fast = matches!(
+        args.first(),
+        Some(&"pipeline") | Some(&"status") | Some(&"schedule")
+    );
     Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(args)
         .args(if fast {
@@ -36,6 +39,21 @@ fn synth(dir: &Path, invoices: usize) -> PathBuf {
         "raw.csv",
         &etl::synth::SynthConfig {
             n_invoices: invoices,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .0
+}
+
+/// Rewrites `raw.csv` with another seed (a changed source file).
+fn synth_seeded(dir: &Path, invoices: usize, seed: u64) -> PathBuf {
+    testkit::write_synthetic(
+        dir,
+        "raw.csv",
+        &etl::synth::SynthConfig {
+            n_invoices: invoices,
+            seed,
             ..Default::default()
         },
     )
@@ -421,4 +439,130 @@ fn backtest_scores_recommendations_against_known_demand() {
     assert!((0.75..=1.33).contains(&ratio), "test level ratio {ratio}");
     let coverage = market["elasticity_coverage"].as_f64().unwrap();
     assert!(coverage >= 0.5, "elasticity band coverage {coverage}");
+}
+
+#[test]
+fn data_from_a_workbook_gives_the_same_transactions_as_its_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for out in ["gen.csv", "gen.xlsx"] {
+        let o = xtask(
+            &["gen", "--out", out, "--seed", "7", "--invoices", "300"],
+            d,
+        );
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    }
+    // The workbook inside a zip, as the UCI site serves it.
+    {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(d.join("uci.zip")).unwrap());
+        zip.start_file(
+            "online_retail_II.xlsx",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&std::fs::read(d.join("gen.xlsx")).unwrap())
+            .unwrap();
+        zip.finish().unwrap();
+    }
+    let tx = |file: &str| {
+        let raw = etl::read_raw_file(&d.join(file)).unwrap();
+        etl::clean(&raw, &etl::EtlParams::default()).unwrap().0
+    };
+    let expected = tx("gen.csv");
+    for (from, dest) in [
+        ("gen.xlsx", "from-xlsx.csv.gz"),
+        ("uci.zip", "from-zip.csv.gz"),
+    ] {
+        let o = xtask(&["data", "--from", from, "--dest", dest], d);
+        let out = text(&o.stdout);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        assert!(
+            out.contains("`Year 2009`") && out.contains("`Year 2010`"),
+            "{out}"
+        );
+        let got = tx(dest);
+        assert!(
+            got.dataframe().equals_missing(expected.dataframe()),
+            "{from}: the transactions differ from the CSV's"
+        );
+    }
+}
+
+/// The outcomes recorded under `schedule/runs/`, oldest first.
+fn schedule_outcomes(out: &Path) -> Vec<String> {
+    let dir = out.join("schedule/runs");
+    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+        .iter()
+        .map(|p| {
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            r["outcome"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_schedule_skips_unchanged_runs_promotes_changed_ones_and_a_kill_leaves_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let raw = synth(d, 300);
+    let out = d.join("store");
+    let (raw_s, out_s) = (raw.to_str().unwrap(), out.to_str().unwrap());
+    let every_second = [
+        "schedule",
+        "--cron",
+        "* * * * * *",
+        "--raw",
+        raw_s,
+        "--out",
+        out_s,
+    ];
+
+    // A first run promotes; a second tick with nothing changed is skipped.
+    let o = xtask(&[&every_second[..], &["--max-runs", "2"]].concat(), d);
+    let stdout = text(&o.stdout);
+    assert!(o.status.success(), "{stdout}{}", text(&o.stderr));
+    assert!(
+        stdout.contains("run 1 promoted") && stdout.contains("run 2 skipped"),
+        "{stdout}"
+    );
+
+    // The source changed: the next tick runs and promotes the new release.
+    synth_seeded(d, 300, 99);
+    let o = xtask(&[&every_second[..], &["--max-runs", "1"]].concat(), d);
+    let stdout = text(&o.stdout);
+    assert!(
+        stdout.contains("run 1 promoted"),
+        "{stdout}{}",
+        text(&o.stderr)
+    );
+    assert_eq!(schedule_outcomes(&out), ["promoted", "skipped", "promoted"]);
+
+    // Killed mid-run: the record says `started`, production is unchanged.
+    let production = std::fs::read(out.join("production.json")).unwrap();
+    synth_seeded(d, 300, 123);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(every_second)
+        .args(testkit::fast_cli_args())
+        .current_dir(d)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while schedule_outcomes(&out).len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "no run started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(schedule_outcomes(&out)[3], "started");
+    assert_eq!(
+        std::fs::read(out.join("production.json")).unwrap(),
+        production
+    );
 }

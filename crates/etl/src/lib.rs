@@ -20,6 +20,7 @@ mod costs;
 mod read;
 pub mod synth;
 mod transactions;
+mod workbook;
 
 pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
@@ -30,6 +31,7 @@ pub use read::{
     read_raw_file_limited,
 };
 pub use transactions::{SCHEMA, Transactions, TxView, read_parquet, write_parquet};
+pub use workbook::{WorkbookSummary, csv_to_workbook, is_workbook, workbook_to_csv};
 
 /// Errors of the etl stage. Field errors carry the file, 1-based line and column.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,14 @@ pub enum EtlError {
         value: String,
         /// What was expected.
         problem: String,
+    },
+    /// A workbook (`.xlsx`, or a `.zip` holding one) cannot be converted.
+    #[error("{file}: {message}")]
+    Workbook {
+        /// The file.
+        file: String,
+        /// What is wrong.
+        message: String,
     },
     /// A parameter is invalid.
     #[error("etl params: {0}")]
