@@ -220,18 +220,28 @@ fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
     })
 }
 
-/// Peak resident memory of a process (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+/// A memory field of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// Peak resident memory of a process (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmHWM")
+}
+
+/// Resident memory of a process now (`VmRSS`), in MiB.
+fn rss_mib(pid: u32) -> Option<f64> {
+    proc_status_mib(pid, "VmRSS")
 }
 
 /// Runs the benchmark and prints its figures.
@@ -802,20 +812,6 @@ fn console(opts: &ServeBench) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// Resident memory of a process now (`VmRSS`), in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
 }
 
 /// `cargo xtask soak`: the server driven flat out for `seconds` by

@@ -705,6 +705,25 @@ fn no_report(recommender: &Recommender) -> ApiError {
     )
 }
 
+/// The gate's report of the release serving now, as `content_type`: the
+/// HTML or the JSON the gate wrote.
+fn gate_report(
+    app: &App,
+    content_type: &'static str,
+    pick: fn(&recommend::GateReport) -> &Vec<u8>,
+) -> Result<Response, ApiError> {
+    let recommender = app.recommender();
+    let report = recommender
+        .gate_report()
+        .ok_or_else(|| no_report(&recommender))?;
+    let mut headers = release_header(recommender.release());
+    headers.insert(
+        header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(content_type),
+    );
+    Ok((headers, pick(report).clone()).into_response())
+}
+
 /// The gate's report of the release being served (HTML, self-contained).
 #[utoipa::path(get, path = "/v2/release/gate-report", tag = "catalogue",
     responses(
@@ -714,16 +733,7 @@ fn no_report(recommender: &Recommender) -> ApiError {
     ),
     security(("api_key" = []), ("bearer" = []), ("cookie" = []), ()))]
 pub(crate) async fn gate_report_html(State(app): State<App>) -> Result<Response, ApiError> {
-    let recommender = app.recommender();
-    let report = recommender
-        .gate_report()
-        .ok_or_else(|| no_report(&recommender))?;
-    let mut headers = release_header(recommender.release());
-    headers.insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    Ok((headers, report.html.clone()).into_response())
+    gate_report(&app, "text/html; charset=utf-8", |r| &r.html)
 }
 
 /// The gate's report of the release being served (JSON, as the gate wrote it).
@@ -735,16 +745,7 @@ pub(crate) async fn gate_report_html(State(app): State<App>) -> Result<Response,
     ),
     security(("api_key" = []), ("bearer" = []), ("cookie" = []), ()))]
 pub(crate) async fn gate_report_json(State(app): State<App>) -> Result<Response, ApiError> {
-    let recommender = app.recommender();
-    let report = recommender
-        .gate_report()
-        .ok_or_else(|| no_report(&recommender))?;
-    let mut headers = release_header(recommender.release());
-    headers.insert(
-        header::CONTENT_TYPE,
-        axum::http::HeaderValue::from_static("application/json"),
-    );
-    Ok((headers, report.json.clone()).into_response())
+    gate_report(&app, "application/json", |r| &r.json)
 }
 
 #[cfg(test)]
