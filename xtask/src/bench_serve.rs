@@ -12,6 +12,10 @@
 //! - `reload`: a load runs while production is promoted to another release
 //!   half-way; reports failed requests and how long until answers carry the
 //!   new release id.
+//! - `scale`: 1, 2, 4 (`--processes`) server processes on consecutive ports,
+//!   sharing one Redis and one store, behind a client that spreads its
+//!   connections over them round-robin (what a load balancer does); cached
+//!   and uncached throughput for each count.
 
 use std::path::PathBuf;
 
@@ -56,6 +60,8 @@ pub struct ServeBench {
     pub product: Option<String>,
     /// `console`: where to save screenshots.
     pub shots: Option<PathBuf>,
+    /// `scale`: the numbers of server processes to measure.
+    pub processes: Vec<usize>,
 }
 
 struct Server(Child);
@@ -173,25 +179,38 @@ struct Bench {
     ready: Duration,
 }
 
-fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
+/// Spawns the server on `port` (the bench's artifacts, Redis and binary).
+fn spawn(opts: &ServeBench, port: u16, extra: &[&str]) -> Result<Server> {
     let binary = match &opts.serve_binary {
         Some(b) => b.clone(),
         None => serve_binary()?,
     };
     let mut cmd = Command::new(&binary);
-    cmd.args([
-        "--artifacts",
-        &opts.artifacts,
-        "--port",
-        &opts.port.to_string(),
-    ])
-    .args(extra)
-    .env("RUST_LOG", "warn")
-    .stdout(Stdio::null());
+    cmd.args(["--artifacts", &opts.artifacts, "--port", &port.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null());
     match &opts.redis_url {
         Some(url) => cmd.args(["--redis-url", url]),
         None => cmd.env_remove("REDIS_URL"),
     };
+    Ok(Server(cmd.spawn().context("starting serve")?))
+}
+
+/// Waits until `base` answers `/ping`; the time since `started`.
+async fn ready(client: &HttpClient, base: &str, started: Instant) -> Result<Duration> {
+    loop {
+        if let Ok((200, _)) = fetch(client, &format!("{base}/ping"), false).await {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the server at {base} did not answer /ping within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -199,18 +218,8 @@ fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
     let base = format!("http://127.0.0.1:{}", opts.port);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let started = Instant::now();
-    let server = Server(cmd.spawn().context("starting serve")?);
-    let ready = rt.block_on(async {
-        loop {
-            if let Ok((200, _)) = fetch(&client, &format!("{base}/ping"), false).await {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the server did not answer /ping within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })?;
+    let server = spawn(opts, opts.port, extra)?;
+    let ready = rt.block_on(ready(&client, &base, started))?;
     Ok(Bench {
         server,
         rt,
@@ -252,8 +261,9 @@ pub fn run(opts: &ServeBench) -> Result<()> {
         "reload" => reload(opts),
         "sweep" => sweep(opts),
         "console" => console(opts),
+        "scale" => scale(opts),
         other => bail!(
-            "unknown serve bench mode `{other}` (latency, overload, reload, sweep or console)"
+            "unknown serve bench mode `{other}` (latency, overload, reload, sweep, console or scale)"
         ),
     }
 }
@@ -921,4 +931,158 @@ pub fn soak(opts: &ServeBench) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Closed-loop throughput over `bases` (connection `w` talks to
+/// `bases[w % n]`) for `seconds`: requests answered and failed.
+async fn spread_load(
+    client: &HttpClient,
+    bases: &[String],
+    products: &Arc<Vec<String>>,
+    concurrency: usize,
+    seconds: u64,
+    no_cache: bool,
+) -> Result<(Histogram<u64>, u64, Duration)> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let wall = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let (client, products) = (client.clone(), products.clone());
+        let base = bases[w % bases.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut failed = 0u64;
+            let mut i = w;
+            while Instant::now() < deadline {
+                let uri = format!("{base}/v1/predict-price/{}", products[i % products.len()]);
+                i += concurrency;
+                let t = Instant::now();
+                match fetch(&client, &uri, no_cache).await {
+                    Ok((200, _)) => h.record(micros(t.elapsed()))?,
+                    _ => failed += 1,
+                }
+            }
+            anyhow::Ok((h, failed))
+        }));
+    }
+    let mut total = Histogram::<u64>::new(3)?;
+    let mut failed = 0;
+    for t in tasks {
+        let (h, f) = t.await??;
+        total.add(&h)?;
+        failed += f;
+    }
+    Ok((total, failed, wall.elapsed()))
+}
+
+/// `scale`: throughput of 1, 2, 4 server processes sharing one Redis and
+/// one store, cached and uncached, `concurrency` connections spread over
+/// them. The load generator runs on two threads of the same machine.
+fn scale(opts: &ServeBench) -> Result<()> {
+    if opts.redis_url.is_none() {
+        bail!("--mode scale measures processes that share a Redis: pass --redis-url");
+    }
+    let products = Arc::new(top_products(&opts.artifacts, 50)?);
+    if products.is_empty() {
+        bail!("no products in {}", opts.artifacts);
+    }
+    let counts = if opts.processes.is_empty() {
+        vec![1, 2, 4]
+    } else {
+        opts.processes.clone()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    outln!(
+        "serve scale: artifacts {}, cache {}, {} conns spread over the processes, {} s per phase, {} CPUs",
+        opts.artifacts,
+        opts.redis_url.as_deref().unwrap_or(""),
+        opts.concurrency,
+        opts.seconds,
+        std::thread::available_parallelism().map_or(0, usize::from)
+    );
+    let mut rows = Vec::new();
+    for &n in &counts {
+        if n == 0 {
+            bail!("--processes: 0 processes");
+        }
+        let started = Instant::now();
+        let mut servers = Vec::new();
+        let mut bases = Vec::new();
+        for i in 0..n {
+            let port = opts.port + u16::try_from(i)?;
+            servers.push(spawn(opts, port, &[])?);
+            bases.push(format!("http://127.0.0.1:{port}"));
+        }
+        let (cached, uncached) = rt.block_on(async {
+            for base in &bases {
+                ready(&client, base, started).await?;
+            }
+            // One process warms the shared cache for every product; the
+            // others must then hit it.
+            for code in products.iter() {
+                fetch(
+                    &client,
+                    &format!("{}/v1/predict-price/{code}", bases[0]),
+                    false,
+                )
+                .await?;
+            }
+            for base in &bases {
+                let (status, cache) = fetch(
+                    &client,
+                    &format!("{base}/v1/predict-price/{}", products[0]),
+                    false,
+                )
+                .await?;
+                if status != 200 || cache != "hit" {
+                    bail!("{base}: status {status}, x-cache {cache:?}: the cache is not shared");
+                }
+            }
+            let cached = spread_load(
+                &client,
+                &bases,
+                &products,
+                opts.concurrency,
+                opts.seconds,
+                false,
+            )
+            .await?;
+            let uncached = spread_load(
+                &client,
+                &bases,
+                &products,
+                opts.concurrency,
+                opts.seconds,
+                true,
+            )
+            .await?;
+            anyhow::Ok((cached, uncached))
+        })?;
+        drop(servers);
+        for (label, (h, failed, wall)) in [("cached", &cached), ("uncached", &uncached)] {
+            report(&format!("{n} process(es), {label}"), h, *wall)?;
+            if *failed > 0 {
+                bail!("{failed} {label} requests failed with {n} processes");
+            }
+        }
+        rows.push((
+            n,
+            cached.0.len() as f64 / cached.2.as_secs_f64(),
+            uncached.0.len() as f64 / uncached.2.as_secs_f64(),
+        ));
+    }
+    outln!("processes  cached req/s  (x one)  uncached req/s  (x one)");
+    let (c1, u1) = (rows[0].1, rows[0].2);
+    for (n, c, u) in rows {
+        outln!(
+            "{n:>9}  {c:>12.0}  {:>7.2}  {u:>14.0}  {:>7.2}",
+            c / c1,
+            u / u1
+        );
+    }
+    Ok(())
 }

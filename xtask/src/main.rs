@@ -38,6 +38,7 @@ macro_rules! outln {
 
 mod backtest;
 mod bench_serve;
+mod fuzz;
 mod schedule;
 
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
@@ -282,6 +283,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the cargo-fuzz targets (CSV rows, request parameters, params) on
+    /// their corpora in `fuzz/corpus` (nightly and cargo-fuzz needed).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (csv_rows, request_params, params_toml).
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Parallel libFuzzer processes per target.
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Minimise each corpus afterwards (the inputs that cover its edges,
+        /// and the hand-written seeds), to keep it small.
+        #[arg(long)]
+        minimize: bool,
+    },
     /// Run the fault-injection suite (small synthetic data; also part of `cargo test`).
     Faults {
         /// Only the cases whose name contains this.
@@ -322,10 +340,15 @@ enum Command {
         /// `serve`: `latency`, `overload` (200 clients, uncached 1000-bin
         /// requests, /ping probed), `reload` (promote another release
         /// under load), `sweep` (/v2 for every product: monotone curves,
-        /// where optima sit) or `console` (the page's first render in a
-        /// cold headless Chromium; `--requests` loads per view).
+        /// where optima sit), `console` (the page's first render in a
+        /// cold headless Chromium; `--requests` loads per view) or `scale`
+        /// (1, 2, 4 processes sharing `--redis-url`; cached and uncached
+        /// throughput).
         #[arg(long, default_value = "latency")]
         mode: String,
+        /// `serve --mode scale`: the process counts, e.g. `1,2,4`.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        processes: Vec<usize>,
         /// `serve --mode reload`: the server's pointer check interval, seconds.
         #[arg(long, default_value_t = 1.0)]
         reload_interval_secs: f64,
@@ -423,6 +446,7 @@ fn run(command: Command) -> Result<()> {
             query: String::new(),
             product: None,
             shots: None,
+            processes: Vec::new(),
         }),
         Command::Schedule {
             common,
@@ -430,6 +454,18 @@ fn run(command: Command) -> Result<()> {
             max_runs,
         } => schedule::run(&common, &cron, max_runs),
         Command::Retrain { common } => cmd_retrain(&common),
+        Command::Fuzz {
+            seconds,
+            targets,
+            jobs,
+            minimize,
+        } => fuzz::Fuzz {
+            seconds,
+            targets,
+            jobs,
+            minimize,
+        }
+        .run(),
         Command::Metrics { out, json } => cmd_metrics(&out, json),
         Command::Drift {
             reference,
@@ -469,6 +505,7 @@ fn run(command: Command) -> Result<()> {
             query,
             product,
             shots,
+            processes,
             raw,
             runs,
             until,
@@ -488,6 +525,7 @@ fn run(command: Command) -> Result<()> {
                 query,
                 product,
                 shots,
+                processes,
             }),
             other => bail!("unknown bench `{other}` (expected data or serve)"),
         },
@@ -685,7 +723,6 @@ fn load_params_with_sources(
     common_params: Option<&Path>,
     overrides: &[String],
 ) -> Result<(Params, BTreeMap<String, lineage::ParamSource>)> {
-    let defaults = pipeline::default_params();
     let file = match common_params {
         Some(p) => Some(p.to_path_buf()),
         None if Path::new("params.toml").exists() => Some(PathBuf::from("params.toml")),
@@ -696,37 +733,12 @@ fn load_params_with_sources(
             None
         }
     };
-    let mut params = defaults.clone();
-    let mut sources: BTreeMap<String, lineage::ParamSource> = defaults
-        .leaves()
-        .into_keys()
-        .map(|k| (k, lineage::ParamSource::Default))
-        .collect();
-    if let Some(path) = &file {
-        let from_file = Params::load(path)?;
-        from_file.check_against(&defaults, &path.display().to_string())?;
-        for (key, value) in from_file.leaves() {
-            params.set(&key, value.clone())?;
-            sources.insert(key, lineage::ParamSource::File);
-        }
-    }
-    for o in overrides {
-        let (key, value) = o
-            .split_once('=')
-            .with_context(|| format!("--set {o:?}: expected KEY=VALUE"))?;
-        let key = key.trim();
-        let parsed: toml::Value = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or_else(|| toml::Value::String(value.to_string()));
-        let mut one = Params::default();
-        one.set(key, parsed.clone())?;
-        one.check_against(&defaults, &format!("--set {o}"))?;
-        params.set(key, parsed)?;
-        sources.insert(key.to_string(), lineage::ParamSource::Set);
-    }
-    Ok((params, sources))
+    let from_file = file.as_deref().map(Params::load).transpose()?;
+    let origin = file.as_ref().map(|p| p.display().to_string());
+    Ok(pipeline::params::effective(
+        origin.as_deref().zip(from_file.as_ref()),
+        overrides,
+    )?)
 }
 
 /// `cargo xtask serve`: the server of the `serve` binary, in this build.
@@ -1093,8 +1105,9 @@ fn cmd_data(from: Option<&Path>, dest: Option<PathBuf>) -> Result<()> {
 fn features_of(path: &Path, params: &Params) -> Result<features::FeatureTable> {
     check_raw_exists(path)?;
     let raw = etl::read_raw_file(path)?;
-    let (tx, _) = etl::clean(&raw, &pipeline::etl_params(params)?)?;
-    let out = features::build_features(&tx, &pipeline::feature_params(params)?, None)?;
+    let typed = pipeline::PipelineParams::from_params(params)?;
+    let (tx, _) = etl::clean(&raw, &typed.etl)?;
+    let out = features::build_features(&tx, &typed.feature_params(), None)?;
     Ok(out.table)
 }
 
@@ -1107,7 +1120,7 @@ fn cmd_drift(
     overrides: &[String],
 ) -> Result<()> {
     let params = load_params(params, overrides)?;
-    let gp = pipeline::gate::gate_params(&params)?;
+    let gp = pipeline::PipelineParams::from_params(&params)?.gate_params();
     let columns = |path: &Path| -> Result<Vec<drift::Column>> {
         let table = features_of(path, &params).with_context(|| format!("{}", path.display()))?;
         let rows: Vec<usize> = (0..table.len()).collect();

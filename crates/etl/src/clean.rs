@@ -13,6 +13,7 @@ use crate::{EtlError, Result, Transactions};
 
 /// Parameters of the etl stage (`[etl]` in params.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EtlParams {
     /// Stock codes matching this regex are products; others (postage, fees,
     /// vouchers, manual adjustments) are dropped as non-products.

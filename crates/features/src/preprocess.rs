@@ -23,6 +23,7 @@ pub enum Scaling {
 
 /// Parameters of the preprocessor (`[preprocess]` in params.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PreprocessParams {
     /// Numeric scaling.
     pub scaling: Scaling,

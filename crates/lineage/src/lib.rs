@@ -17,7 +17,7 @@
 
 mod keys;
 mod lock;
-mod params;
+pub mod params;
 pub mod release;
 pub mod runlock;
 mod runner;

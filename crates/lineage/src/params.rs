@@ -33,6 +33,11 @@ impl Params {
             .map_err(|e| LineageError::Params(format!("{}: {e}", path.display())))
     }
 
+    /// The whole table (for typed deserialisation of its sections).
+    pub fn table(&self) -> &toml::Table {
+        &self.table
+    }
+
     /// The value at a dotted key, if present.
     pub fn get(&self, key: &str) -> Option<&toml::Value> {
         let mut parts = key.split('.');
@@ -127,6 +132,40 @@ impl Params {
             })
             .collect()
     }
+}
+
+/// Parses one `KEY=VALUE` assignment, as `--set` takes it: the value is
+/// TOML (`0.5`, `true`, `"grid"`, `["mlp"]`), and text that is not TOML is a
+/// string (`--set tuning.tuner=grid`). The key is trimmed and must be
+/// non-empty dotted words.
+///
+/// ```
+/// let (k, v) = lineage::params::assignment("tuning.tuner=grid").unwrap();
+/// assert_eq!((k, v.as_str()), ("tuning.tuner", Some("grid")));
+/// let (_, v) = lineage::params::assignment("split.train_fraction = 0.6").unwrap();
+/// assert_eq!(v.as_float(), Some(0.6));
+/// ```
+pub fn assignment(text: &str) -> Result<(&str, toml::Value)> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| LineageError::Params(format!("{text:?}: expected KEY=VALUE")))?;
+    let key = key.trim();
+    if key.is_empty()
+        || key.split('.').any(|part| {
+            part.is_empty() || !part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+    {
+        return Err(LineageError::Params(format!(
+            "{text:?}: the key must be dotted words such as `gate.override`"
+        )));
+    }
+    let value = value.trim();
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    Ok((key, parsed))
 }
 
 /// Where an effective parameter came from.
@@ -294,6 +333,19 @@ mod tests {
         let mut p = Params::default();
         p.set("split.method", 2).unwrap();
         assert!(p.check_against(&schema(), "x").is_err());
+    }
+
+    #[test]
+    fn assignments_parse_toml_values_and_fall_back_to_strings() {
+        let (k, v) = assignment(" gate.override = true").unwrap();
+        assert_eq!((k, v.as_bool()), ("gate.override", Some(true)));
+        let (_, v) = assignment("models.priority=[\"mlp\", \"svr\"]").unwrap();
+        assert_eq!(v.as_array().map(Vec::len), Some(2));
+        let (_, v) = assignment("data.raw=/tmp/a b.csv").unwrap();
+        assert_eq!(v.as_str(), Some("/tmp/a b.csv"));
+        for bad in ["novalue", "=1", "a..b=1", "a b=1", "a.=1"] {
+            assert!(assignment(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

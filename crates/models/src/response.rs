@@ -44,6 +44,7 @@ const WEEK_US: i64 = 7 * 86_400_000_000;
 
 /// Parameters of the response fit (`[response]` in params.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResponseParams {
     /// Weeks with sales a product needs for an estimate of its own.
     pub min_weeks: usize,

@@ -7,7 +7,7 @@
 use drift::{Column, DriftParams, FairnessParams, GateReport};
 use features::{FeatureTable, TrainWindow};
 use indicatif::ProgressBar;
-use lineage::{ArtifactKeys, LineageError, Params, StageReport, StageWriter, Verdict};
+use lineage::{ArtifactKeys, StageReport, StageWriter, Verdict};
 use models::{DesignMatrix, Manifest};
 use serde::{Deserialize, Serialize};
 
@@ -32,67 +32,6 @@ pub struct GateParams {
     pub attribution_permutations: usize,
     /// Promote even if the gate fails (recorded in the lock and the report).
     pub override_gate: bool,
-}
-
-fn strings(p: &Params, key: &str) -> Result<Vec<String>, LineageError> {
-    p.get(key)
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| LineageError::Params(format!("`{key}` must be a list of column names")))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .ok_or_else(|| LineageError::Params(format!("`{key}` must hold strings")))
-        })
-        .collect()
-}
-
-/// Parses `[gate]`.
-pub fn gate_params(p: &Params) -> Result<GateParams, LineageError> {
-    let mut overrides = std::collections::BTreeMap::new();
-    if let Some(table) = p.get("gate.stattest").and_then(|v| v.as_table()) {
-        for (column, test) in table {
-            let test: drift::StatTest = test
-                .as_str()
-                .and_then(|s| serde_json::from_value(serde_json::Value::String(s.into())).ok())
-                .ok_or_else(|| {
-                    LineageError::Params(format!(
-                        "`gate.stattest.{column}` must be one of ks, chi_square, z_test, wasserstein, jensen_shannon"
-                    ))
-                })?;
-            overrides.insert(column.clone(), test);
-        }
-    }
-    Ok(GateParams {
-        drift: DriftParams {
-            p_value_threshold: p.f64("gate.p_value_threshold")?,
-            distance_threshold: p.f64("gate.distance_threshold")?,
-            drift_share: p.f64("gate.drift_share")?,
-            stattest_overrides: overrides,
-        },
-        fairness: FairnessParams {
-            max_abs_mean_outcome_difference: p.f64("gate.max_abs_mean_outcome_difference")?,
-            criterion: match p.str("gate.fairness_criterion")? {
-                "mean_outcome_difference" => drift::FairnessCriterion::MeanOutcomeDifference,
-                "excess_mean_outcome_difference" => {
-                    drift::FairnessCriterion::ExcessMeanOutcomeDifference
-                }
-                other => {
-                    return Err(LineageError::Params(format!(
-                        "`gate.fairness_criterion` must be \"mean_outcome_difference\" or \"excess_mean_outcome_difference\", found {other:?}"
-                    )));
-                }
-            },
-        },
-        numerical_columns: strings(p, "gate.numerical_columns")?,
-        categorical_columns: strings(p, "gate.categorical_columns")?,
-        attribution_rows: p.usize("gate.attribution_rows")?,
-        attribution_permutations: p.usize("gate.attribution_permutations")?,
-        override_gate: p
-            .get("gate.override")
-            .and_then(|v| v.as_bool())
-            .ok_or_else(|| LineageError::Params("`gate.override` must be true or false".into()))?,
-    })
 }
 
 /// The drift columns of `rows` of a features table. `quantity` (units sold)

@@ -20,19 +20,19 @@
 //! ```
 
 pub mod gate;
+pub mod params;
 mod retrain;
 mod stages;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lineage::{ArtifactStore, Params, Runner, StageDef, StageOutcome};
 
 pub use gate::GateDecision;
+pub use params::PipelineParams;
 pub use retrain::{RetrainDecision, RetrainReport, retrain};
-pub use stages::{
-    ArtifactKeys, etl_params, feature_params, preprocess_params, response_params, train_config,
-};
+pub use stages::ArtifactKeys;
 
 /// The default `params.toml`, compiled in (used when no params file exists).
 pub const DEFAULT_PARAMS: &str = include_str!("../../../params.toml");
@@ -69,11 +69,7 @@ pub fn smoke_params() -> Params {
     for (key, value) in SMOKE_SETTINGS {
         // Every key exists in the compiled-in params and every value parses
         // (checked by a test).
-        if let Some(v) = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-        {
+        if let Ok((key, v)) = lineage::params::assignment(&format!("{key}={value}")) {
             let _ = p.set(key, v);
         }
     }
@@ -195,7 +191,7 @@ impl<'a> PipelineConfig<'a> {
     pub fn effective_stockcode(&self) -> Result<Option<String>> {
         let code = match &self.stockcode {
             Some(c) => Some(c.clone()),
-            None => self.params.opt_str("train.stockcode")?.map(str::to_string),
+            None => self.typed()?.stockcode().map(str::to_string),
         };
         if let Some(c) = &code
             && (c.is_empty()
@@ -211,19 +207,24 @@ impl<'a> PipelineConfig<'a> {
         Ok(code)
     }
 
+    /// [`Self::params`], typed and validated: every key known, every value
+    /// of its type and in range.
+    pub fn typed(&self) -> Result<PipelineParams> {
+        Ok(PipelineParams::from_params(&self.params)?)
+    }
+
     /// The stage definitions in DAG order.
     pub fn stage_defs(&self) -> Result<Vec<(Stage, StageDef)>> {
         let keys = ArtifactKeys::new(self.effective_stockcode()?.as_deref());
-        let priority = train_config(&self.params)?.priority;
-        let costs = self.params.opt_str("data.unit_costs")?.map(PathBuf::from);
+        let typed = self.typed()?;
+        let priority = typed.models.priority;
+        let costs = typed.data.unit_costs;
+        let costs = Some(costs.as_str())
+            .filter(|c| !c.is_empty())
+            .map(Path::new);
         Ok(Stage::ALL
             .into_iter()
-            .map(|s| {
-                (
-                    s,
-                    stages::definition(s, &keys, &self.raw, costs.as_deref(), &priority),
-                )
-            })
+            .map(|s| (s, stages::definition(s, &keys, &self.raw, costs, &priority)))
             .collect())
     }
 }
@@ -249,11 +250,12 @@ pub fn run(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
 pub(crate) fn run_locked(config: &PipelineConfig<'_>) -> Result<PipelineSummary> {
     let started = std::time::Instant::now();
     let keys = ArtifactKeys::new(config.effective_stockcode()?.as_deref());
+    let typed = config.typed()?;
     let mut runner = Runner::new(config.store, &config.params, config.force)?;
     let mut outcomes = Vec::new();
     for (stage, def) in config.stage_defs()? {
         let bar = stages::spinner(config.progress, &def.name);
-        let outcome = stages::run_stage(stage, &def, &keys, config, &mut runner, &bar);
+        let outcome = stages::run_stage(stage, &def, &keys, config, &typed, &mut runner, &bar);
         bar.finish_and_clear();
         let outcome = outcome?;
         tracing::info!(
@@ -371,16 +373,15 @@ mod tests {
     #[test]
     fn compiled_in_params_parse_into_every_stage() {
         let p = Params::from_toml_str(DEFAULT_PARAMS).unwrap_or_else(|e| panic!("{e}"));
-        etl_params(&p).unwrap_or_else(|e| panic!("{e}"));
-        train_config(&p).unwrap_or_else(|e| panic!("{e}"));
-        feature_params(&p).unwrap_or_else(|e| panic!("{e}"));
-        preprocess_params(&p).unwrap_or_else(|e| panic!("{e}"));
+        PipelineParams::from_params(&p).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]
     fn smoke_params_set_existing_keys() {
         let p = smoke_params();
-        let t = train_config(&p).unwrap_or_else(|e| panic!("{e}"));
+        let t = PipelineParams::from_params(&p)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .train_config();
         assert_eq!(t.svr_rows, 200);
         assert_eq!(p.str("tuning.tuner").ok(), Some("grid"));
         let defaults = default_params();

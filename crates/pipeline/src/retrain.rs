@@ -167,7 +167,9 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
         .ok_or_else(|| PipelineError::Config("the pipeline has no gate stage".into()))?;
     let mut runner = Runner::new(config.store, &config.params, false)?;
     let bar = crate::stages::spinner(config.progress, &gate.name);
-    let outcome = crate::stages::run_stage(Stage::Gate, &gate, &keys, config, &mut runner, &bar);
+    let typed = config.typed()?;
+    let outcome =
+        crate::stages::run_stage(Stage::Gate, &gate, &keys, config, &typed, &mut runner, &bar);
     bar.finish_and_clear();
     outcome?;
     let decision: crate::GateDecision =

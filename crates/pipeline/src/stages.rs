@@ -4,16 +4,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use features::{FeatureParams, FeatureTable, PreprocessParams, Scaling, SplitRule, TrainWindow};
+use features::{FeatureParams, FeatureTable, PreprocessParams, TrainWindow};
 use indicatif::{ProgressBar, ProgressStyle};
 pub use lineage::ArtifactKeys;
-use lineage::{
-    Dep, LineageError, Params, Runner, StageDef, StageOutcome, StageReport, StageWriter,
-};
+use lineage::{Dep, LineageError, Runner, StageDef, StageOutcome, StageReport, StageWriter};
 
+use crate::params::PipelineParams;
 use crate::{PipelineConfig, Stage};
 use models::response::{Line, ResponseParams, SalesHistory, Windows, fit_response};
-use models::tuning::TunerConfig;
 use models::{
     DesignMatrix, GroupCalibration, Manifest, ManifestEntry, ModelKind, Regressor, TrainConfig,
     calibrated_metrics,
@@ -250,149 +248,6 @@ pub(crate) fn definition(
     }
 }
 
-/// `[models]` and `[tuning]` params.
-pub fn train_config(p: &Params) -> Result<TrainConfig, LineageError> {
-    let priority = p
-        .get("models.priority")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| LineageError::Params("`models.priority` must be a list".into()))?
-        .iter()
-        .map(|v| {
-            v.as_str()
-                .ok_or_else(|| LineageError::Params("`models.priority` must hold strings".into()))
-                .and_then(|s| {
-                    s.parse::<ModelKind>()
-                        .map_err(|e| LineageError::Params(format!("models.priority: {e}")))
-                })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if priority.is_empty() || priority.contains(&ModelKind::Baseline) {
-        return Err(LineageError::Params(
-            "`models.priority` must name at least one model, and not the baseline".into(),
-        ));
-    }
-    let seed = u64::try_from(p.i64("models.seed")?)
-        .map_err(|_| LineageError::Params("`models.seed` must be >= 0".into()))?;
-    let tuner = match p.str("tuning.tuner")? {
-        "ego" => TunerConfig::Ego {
-            initial: p.usize("tuning.initial")?,
-            iterations: p.usize("tuning.iterations")?,
-            seed,
-            fallback_points_per_dim: p.usize("tuning.grid_points_per_dim")?,
-            fallback_max_points: p.usize("tuning.grid_max_points")?,
-        },
-        "grid" => TunerConfig::Grid {
-            points_per_dim: p.usize("tuning.grid_points_per_dim")?,
-            max_points: p.usize("tuning.grid_max_points")?,
-        },
-        other => {
-            return Err(LineageError::Params(format!(
-                "`tuning.tuner` must be \"ego\" or \"grid\", found {other:?}"
-            )));
-        }
-    };
-    Ok(TrainConfig {
-        priority,
-        tuner,
-        tuning_rows: p.usize("models.tuning_rows")?,
-        tuning_val_rows: p.usize("models.tuning_val_rows")?,
-        tuning_mlp_epochs: p.usize("models.tuning_mlp_epochs")?,
-        mlp_max_epochs: p.usize("models.mlp_max_epochs")?,
-        svr_rows: p.usize("models.svr_rows")?,
-        seed,
-    })
-}
-
-/// `[response]` params.
-pub fn response_params(p: &Params) -> Result<ResponseParams, LineageError> {
-    let params = ResponseParams {
-        min_weeks: p.usize("response.min_weeks")?,
-        level_weeks: p.usize("response.level_weeks")?,
-        coverage: p.f64("response.coverage")?,
-        max_abs_elasticity: p.f64("response.max_abs_elasticity")?,
-        current_price_lines: p.usize("response.current_price_lines")?,
-        decision_quantile: p.f64("response.decision_quantile")?,
-    };
-    params
-        .validate()
-        .map_err(|e| LineageError::Params(e.to_string()))?;
-    Ok(params)
-}
-
-/// `[etl]` params.
-pub fn etl_params(p: &Params) -> Result<etl::EtlParams, LineageError> {
-    let codes = p
-        .get("etl.excluded_stock_codes")
-        .and_then(|v| v.as_array())
-        .ok_or_else(|| LineageError::Params("`etl.excluded_stock_codes` must be a list".into()))?
-        .iter()
-        .map(|v| {
-            v.as_str().map(str::to_string).ok_or_else(|| {
-                LineageError::Params("`etl.excluded_stock_codes` must hold strings".into())
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let params = etl::EtlParams {
-        product_code_pattern: p.str("etl.product_code_pattern")?.to_string(),
-        excluded_stock_codes: codes,
-        min_date: p.str("etl.min_date")?.to_string(),
-        max_date: p.str("etl.max_date")?.to_string(),
-        max_unit_price: p.f64("etl.max_unit_price")?,
-        max_quantity: p.i64("etl.max_quantity")?,
-        max_decompressed_bytes: u64::try_from(p.i64("etl.max_decompressed_bytes")?).map_err(
-            |_| LineageError::Params("`etl.max_decompressed_bytes` must be positive".into()),
-        )?,
-    };
-    params
-        .validate()
-        .map_err(|e| LineageError::Params(e.to_string()))?;
-    Ok(params)
-}
-
-/// `[features]` and `[split]` params.
-pub fn feature_params(p: &Params) -> Result<FeatureParams, LineageError> {
-    let split = match p.str("split.method")? {
-        "fraction" => SplitRule::Fraction {
-            train: p.f64("split.train_fraction")?,
-            val: p.f64("split.val_fraction")?,
-        },
-        "date" => SplitRule::Date {
-            train_end: p.str("split.train_end")?.to_string(),
-            val_end: p.str("split.val_end")?.to_string(),
-        },
-        other => {
-            return Err(LineageError::Params(format!(
-                "`split.method` must be \"fraction\" or \"date\", found {other:?}"
-            )));
-        }
-    };
-    Ok(FeatureParams {
-        customer_window_days: p.i64("features.customer_window_days")?,
-        recent_contexts: p.usize("features.recent_contexts")?,
-        split,
-    })
-}
-
-/// `[preprocess]` params.
-pub fn preprocess_params(p: &Params) -> Result<PreprocessParams, LineageError> {
-    let scaling = match p.str("preprocess.scaling")? {
-        "standard" => Scaling::Standard,
-        "minmax" => Scaling::Minmax,
-        "none" => Scaling::None,
-        other => {
-            return Err(LineageError::Params(format!(
-                "`preprocess.scaling` must be standard, minmax or none, found {other:?}"
-            )));
-        }
-    };
-    Ok(PreprocessParams {
-        scaling,
-        target_encoding_smoothing: p.f64("preprocess.target_encoding_smoothing")?,
-        target_encoding_folds: p.usize("preprocess.target_encoding_folds")?,
-        min_country_rows: p.usize("preprocess.min_country_rows")?,
-    })
-}
-
 /// The bytes a serialisation thread produced (a panic there is an error here).
 fn joined_bytes(
     r: std::thread::Result<features::Result<Vec<u8>>>,
@@ -428,39 +283,30 @@ pub(crate) fn run_stage(
     def: &StageDef,
     k: &ArtifactKeys,
     config: &PipelineConfig<'_>,
+    params: &PipelineParams,
     runner: &mut Runner<'_>,
     bar: &ProgressBar,
 ) -> Result<StageOutcome, LineageError> {
-    let params = &config.params;
     match stage {
-        Stage::Etl => {
-            let p = etl_params(params)?;
-            runner.run(def, |w| etl_stage(w, k, &config.raw, &p, bar))
-        }
+        Stage::Etl => runner.run(def, |w| etl_stage(w, k, &config.raw, &params.etl, bar)),
         Stage::Features => {
-            let p = feature_params(params)?;
+            let p = params.feature_params();
             runner.run(def, |w| features_stage(w, k, &p, bar))
         }
-        Stage::Split => {
-            let p = preprocess_params(params)?;
-            runner.run(def, |w| split_stage(w, k, &p, bar))
-        }
+        Stage::Split => runner.run(def, |w| split_stage(w, k, &params.preprocess, bar)),
         Stage::Models => {
-            let cfg = train_config(params)?;
-            let calibrate = calibration_params(params)?;
-            runner.run(def, |w| models_stage(w, k, &cfg, calibrate, bar))
+            let cfg = params.train_config();
+            runner.run(def, |w| models_stage(w, k, &cfg, params.calibration(), bar))
         }
         Stage::Response => {
-            let p = response_params(params)?;
-            let costs = params
-                .opt_str("data.unit_costs")?
-                .map(std::path::PathBuf::from);
-            runner.run(def, |w| response_stage(w, k, &p, costs.as_deref(), bar))
+            let costs = params.unit_costs().map(Path::new);
+            runner.run(def, |w| response_stage(w, k, &params.response, costs, bar))
         }
         Stage::Gate => {
-            let gp = crate::gate::gate_params(params)?;
-            let seed = train_config(params)?.seed;
-            runner.run(def, |w| crate::gate::gate_stage(w, k, &gp, seed, bar))
+            let gp = params.gate_params();
+            runner.run(def, |w| {
+                crate::gate::gate_stage(w, k, &gp, params.models.seed, bar)
+            })
         }
     }
 }
@@ -596,23 +442,6 @@ pub(crate) fn probe_rows(val: &DesignMatrix, train: &DesignMatrix) -> Vec<Vec<f6
     (0..src.len().min(8))
         .map(|i| src.x.row(i).to_vec())
         .collect()
-}
-
-/// The group-calibration settings: the column (`models.calibrate_groups`,
-/// empty = off) and the recency half-life of the validation rows' weights
-/// (`models.calibration_half_life_days`, 0 = equal weights).
-pub fn calibration_params(p: &Params) -> Result<Option<(&str, Option<f64>)>, LineageError> {
-    let Some(column) = p.opt_str("models.calibrate_groups")? else {
-        return Ok(None);
-    };
-    let key = "models.calibration_half_life_days";
-    let h = p.f64(key)?;
-    if !(h.is_finite() && h >= 0.0) {
-        return Err(LineageError::Params(format!(
-            "`{key}` must be >= 0 (0: equal weights), found {h}"
-        )));
-    }
-    Ok(Some((column, (h > 0.0).then_some(h))))
 }
 
 /// Stage 4: model matrices → tuned, refit and evaluated models, and the
