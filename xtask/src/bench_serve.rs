@@ -933,6 +933,25 @@ pub fn soak(opts: &ServeBench) -> Result<()> {
     })
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`
+/// (clock ticks of 10 ms).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // The fields after the command name (which may hold spaces) follow ')'.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Closed-loop throughput over `bases` (connection `w` talks to
 /// `bases[w % n]`) for `seconds`: requests answered and failed.
 async fn spread_load(
@@ -1020,6 +1039,13 @@ fn scale(opts: &ServeBench) -> Result<()> {
         let (cached, uncached) = rt.block_on(async {
             for base in &bases {
                 ready(&client, base, started).await?;
+                // The ranking each process computes in the background after
+                // start-up: wait for it, so it is not measured as load.
+                let (status, _) =
+                    fetch(&client, &format!("{base}/v2/products?per_page=1"), false).await?;
+                if status != 200 {
+                    bail!("{base}/v2/products answered {status}");
+                }
             }
             // One process warms the shared cache for every product; the
             // others must then hit it.
@@ -1042,38 +1068,52 @@ fn scale(opts: &ServeBench) -> Result<()> {
                     bail!("{base}: status {status}, x-cache {cache:?}: the cache is not shared");
                 }
             }
-            let cached = spread_load(
-                &client,
-                &bases,
-                &products,
-                opts.concurrency,
-                opts.seconds,
-                false,
-            )
-            .await?;
-            let uncached = spread_load(
-                &client,
-                &bases,
-                &products,
-                opts.concurrency,
-                opts.seconds,
-                true,
-            )
-            .await?;
+            let pids: Vec<u32> = servers.iter().map(|s| s.0.id()).collect();
+            let cpu = |pids: &[u32]| -> (f64, f64) {
+                (
+                    pids.iter().map(|&p| cpu_seconds(p)).sum(),
+                    cpu_seconds(std::process::id()),
+                )
+            };
+            let mut phases = Vec::new();
+            for no_cache in [false, true] {
+                let before = cpu(&pids);
+                let load = spread_load(
+                    &client,
+                    &bases,
+                    &products,
+                    opts.concurrency,
+                    opts.seconds,
+                    no_cache,
+                )
+                .await?;
+                let after = cpu(&pids);
+                let wall = load.2.as_secs_f64();
+                phases.push((
+                    load,
+                    (after.0 - before.0) / wall,
+                    (after.1 - before.1) / wall,
+                ));
+            }
+            let uncached = phases.pop().context("no uncached phase")?;
+            let cached = phases.pop().context("no cached phase")?;
             anyhow::Ok((cached, uncached))
         })?;
         drop(servers);
-        for (label, (h, failed, wall)) in [("cached", &cached), ("uncached", &uncached)] {
+        for (label, ((h, failed, wall), servers_cpu, bench_cpu)) in
+            [("cached", &cached), ("uncached", &uncached)]
+        {
             report(&format!("{n} process(es), {label}"), h, *wall)?;
+            outln!(
+                "  cores busy: servers {servers_cpu:.2}, load generator {bench_cpu:.2} (the rest: Redis, kernel)"
+            );
             if *failed > 0 {
                 bail!("{failed} {label} requests failed with {n} processes");
             }
         }
-        rows.push((
-            n,
-            cached.0.len() as f64 / cached.2.as_secs_f64(),
-            uncached.0.len() as f64 / uncached.2.as_secs_f64(),
-        ));
+        let rate =
+            |(h, _, wall): &(Histogram<u64>, u64, Duration)| h.len() as f64 / wall.as_secs_f64();
+        rows.push((n, rate(&cached.0), rate(&uncached.0)));
     }
     outln!("processes  cached req/s  (x one)  uncached req/s  (x one)");
     let (c1, u1) = (rows[0].1, rows[0].2);
