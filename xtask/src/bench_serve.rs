@@ -244,7 +244,7 @@ fn proc_status_mib(pid: u32, field: &str) -> Option<f64> {
 }
 
 /// Peak resident memory of a process (`VmHWM`), in MiB.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
     proc_status_mib(pid, "VmHWM")
 }
 

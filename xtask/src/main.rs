@@ -37,6 +37,7 @@ macro_rules! outln {
 }
 
 mod backtest;
+mod bench_scale;
 mod bench_serve;
 mod fuzz;
 mod schedule;
@@ -314,9 +315,11 @@ enum Command {
         #[arg(long)]
         stockcode: Option<String>,
     },
-    /// Time the data stages (`bench`) or the HTTP API (`bench serve`) and print medians / percentiles.
+    /// Time the data stages (`bench`), the HTTP API (`bench serve`) or the
+    /// stages' growth with the data (`bench scale`).
     Bench {
-        /// What to benchmark: `data` (etl + features) or `serve` (the API under load).
+        /// What to benchmark: `data` (etl + features), `serve` (the API under
+        /// load) or `scale` (each stage up to `--until` at each of `--rows`).
         #[arg(default_value = "data")]
         target: String,
         /// `serve`: artifacts of a pipeline run (directory or s3://bucket/prefix).
@@ -346,6 +349,15 @@ enum Command {
         /// throughput).
         #[arg(long, default_value = "latency")]
         mode: String,
+        /// `scale`: the row counts, e.g. `0.5M,2M,10M`.
+        #[arg(long, value_delimiter = ',', default_value = "100k,500k,2M")]
+        rows: Vec<String>,
+        /// `scale`: where the generated data and stores go.
+        #[arg(long, default_value = "target/bench-scale")]
+        scale_dir: PathBuf,
+        /// `scale`: the plot (SVG).
+        #[arg(long, default_value = "target/bench-scale/scale.svg")]
+        svg: PathBuf,
         /// `serve --mode scale`: the process counts, e.g. `1,2,4`.
         #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
         processes: Vec<usize>,
@@ -506,11 +518,21 @@ fn run(command: Command) -> Result<()> {
             product,
             shots,
             processes,
+            rows,
+            scale_dir,
+            svg,
             raw,
             runs,
             until,
         } => match target.as_str() {
             "data" => cmd_bench(raw, runs, &until),
+            "scale" => bench_scale::ScaleBench {
+                rows,
+                until: until.parse()?,
+                dir: scale_dir,
+                svg,
+            }
+            .run(),
             "serve" => bench_serve::run(&bench_serve::ServeBench {
                 artifacts: out,
                 port,
@@ -527,7 +549,7 @@ fn run(command: Command) -> Result<()> {
                 shots,
                 processes,
             }),
-            other => bail!("unknown bench `{other}` (expected data or serve)"),
+            other => bail!("unknown bench `{other}` (expected data, serve or scale)"),
         },
         Command::LoadModel { out, stockcode } => cmd_load_model(&out, stockcode.as_deref()),
         Command::Releases {
