@@ -332,42 +332,17 @@ fn latency(opts: &ServeBench) -> Result<()> {
         }
 
         // Cached throughput: closed loop over `concurrency` connections.
-        let deadline = Instant::now() + Duration::from_secs(opts.seconds);
         let products = Arc::new(products);
-        let wall = Instant::now();
-        let mut tasks = Vec::new();
-        for w in 0..opts.concurrency {
-            let client = client.clone();
-            let base = base.clone();
-            let products = products.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new(3)?;
-                let mut failed = 0u64;
-                let mut i = w;
-                while Instant::now() < deadline {
-                    let uri = format!("{base}/v1/predict-price/{}", products[i % products.len()]);
-                    i += 1;
-                    let t = Instant::now();
-                    match fetch(&client, &uri, false).await {
-                        Ok((200, _)) => h.record(micros(t.elapsed()))?,
-                        _ => failed += 1,
-                    }
-                }
-                anyhow::Ok((h, failed))
-            }));
-        }
-        let mut total = Histogram::<u64>::new(3)?;
-        let mut failed = 0;
-        for t in tasks {
-            let (h, f) = t.await??;
-            total.add(&h)?;
-            failed += f;
-        }
-        report(
-            &format!("cached, {} conns", opts.concurrency),
-            &total,
-            wall.elapsed(),
-        )?;
+        let (total, failed, wall) = spread_load(
+            &client,
+            std::slice::from_ref(&base),
+            &products,
+            opts.concurrency,
+            opts.seconds,
+            false,
+        )
+        .await?;
+        report(&format!("cached, {} conns", opts.concurrency), &total, wall)?;
         if failed > 0 {
             bail!("{failed} requests failed");
         }

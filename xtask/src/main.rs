@@ -799,6 +799,22 @@ fn cmd_params(common: &Common, json: bool) -> Result<()> {
     Ok(())
 }
 
+impl Common {
+    /// What a pipeline command works on, in this order (a bad param fails
+    /// before the store is opened): the effective params, the raw export
+    /// (`--raw`, else `data.raw`; checked to exist when `check_raw`), and the
+    /// store `--out` names.
+    fn open(&self, check_raw: bool) -> Result<(Params, PathBuf, Box<dyn ArtifactStore>)> {
+        let params = load_params(self.params.as_deref(), &self.overrides)?;
+        let raw = raw_path(self.raw.clone(), &params)?;
+        if check_raw {
+            check_raw_exists(&raw)?;
+        }
+        let store = lineage::open_store(&self.out)?;
+        Ok((params, raw, store))
+    }
+}
+
 fn raw_path(raw: Option<PathBuf>, params: &Params) -> Result<PathBuf> {
     match raw {
         Some(r) => Ok(r),
@@ -825,10 +841,7 @@ fn fmt_secs(d: Duration) -> String {
 }
 
 fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()> {
-    let params = load_params(common.params.as_deref(), &common.overrides)?;
-    let raw = raw_path(common.raw.clone(), &params)?;
-    check_raw_exists(&raw)?;
-    let store = lineage::open_store(&common.out)?;
+    let (params, raw, store) = common.open(true)?;
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.force = force;
     config.until = until.map(str::parse::<Stage>).transpose()?;
@@ -884,10 +897,7 @@ fn cmd_pipeline(common: &Common, force: bool, until: Option<&str>) -> Result<()>
 }
 
 fn cmd_retrain(common: &Common) -> Result<()> {
-    let params = load_params(common.params.as_deref(), &common.overrides)?;
-    let raw = raw_path(common.raw.clone(), &params)?;
-    check_raw_exists(&raw)?;
-    let store = lineage::open_store(&common.out)?;
+    let (params, raw, store) = common.open(true)?;
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.stockcode = common.stockcode.clone();
     config.progress = true;
@@ -919,9 +929,7 @@ fn cmd_retrain(common: &Common) -> Result<()> {
 }
 
 fn cmd_status(common: &Common, json: bool) -> Result<()> {
-    let params = load_params(common.params.as_deref(), &common.overrides)?;
-    let raw = raw_path(common.raw.clone(), &params)?;
-    let store = lineage::open_store(&common.out)?;
+    let (params, raw, store) = common.open(false)?;
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.stockcode = common.stockcode.clone();
     let statuses = pipeline::status(&config)?;

@@ -20,7 +20,7 @@ use lineage::{ArtifactKeys, ArtifactStore, Releases};
 use pipeline::PipelineConfig;
 use serde::Serialize;
 
-use crate::{Common, check_raw_exists, load_params, raw_path};
+use crate::Common;
 
 /// The record of one scheduled run.
 #[derive(Debug, Clone, Serialize)]
@@ -54,10 +54,7 @@ fn put_record(store: &dyn ArtifactStore, key: &str, record: &RunRecord) -> Resul
 
 /// One tick: skip, or run the pipeline and say what its gate did.
 fn run_once(common: &Common) -> Result<RunRecord> {
-    let params = load_params(common.params.as_deref(), &common.overrides)?;
-    let raw = raw_path(common.raw.clone(), &params)?;
-    check_raw_exists(&raw)?;
-    let store = lineage::open_store(&common.out)?;
+    let (params, raw, store) = common.open(true)?;
     let mut config = PipelineConfig::new(raw, store.as_ref(), params);
     config.stockcode = common.stockcode.clone();
     config.command = "cargo xtask schedule".into();

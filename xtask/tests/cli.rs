@@ -108,24 +108,19 @@ fn pipeline_runs_then_skips_and_reports() {
     assert!(second.status.success());
     assert_eq!(stdout.matches("skipped").count(), 7, "{stdout}"); // 6 rows + the total line
     assert!(stdout.contains("production serves release"), "{stdout}");
-    let status = xtask(&["status", "--raw", raw_s, "--out", out_s], dir.path());
+    // `status` on this run's store, with extra arguments.
+    let status_with = |extra: &[&str]| {
+        let mut args = vec!["status", "--raw", raw_s, "--out", out_s];
+        args.extend_from_slice(extra);
+        xtask(&args, dir.path())
+    };
+    let status = status_with(&[]);
     assert!(
         text(&status.stdout).contains("pipeline is up to date"),
         "{}",
         text(&status.stdout)
     );
-    let changed = xtask(
-        &[
-            "status",
-            "--raw",
-            raw_s,
-            "--out",
-            out_s,
-            "--set",
-            "preprocess.scaling=\"none\"",
-        ],
-        dir.path(),
-    );
+    let changed = status_with(&["--set", "preprocess.scaling=\"none\""]);
     let s = text(&changed.stdout);
     assert!(
         s.contains("split: stale") && s.contains("preprocess.scaling"),
@@ -134,19 +129,7 @@ fn pipeline_runs_then_skips_and_reports() {
     // Stale is a non-zero exit (like `dvc status -q`); up to date is 0.
     assert!(status.status.success());
     assert_eq!(changed.status.code(), Some(1), "{}", text(&changed.stderr));
-    let as_json = xtask(
-        &[
-            "status",
-            "--raw",
-            raw_s,
-            "--out",
-            out_s,
-            "--json",
-            "--set",
-            "preprocess.scaling=\"none\"",
-        ],
-        dir.path(),
-    );
+    let as_json = status_with(&["--json", "--set", "preprocess.scaling=\"none\""]);
     let stages: serde_json::Value = serde_json::from_slice(&as_json.stdout).unwrap();
     assert!(
         stages
@@ -157,18 +140,7 @@ fn pipeline_runs_then_skips_and_reports() {
         "{stages}"
     );
     // A misspelt key is an error naming the closest valid one.
-    let typo = xtask(
-        &[
-            "status",
-            "--raw",
-            raw_s,
-            "--out",
-            out_s,
-            "--set",
-            "gate.overide=true",
-        ],
-        dir.path(),
-    );
+    let typo = status_with(&["--set", "gate.overide=true"]);
     let err = text(&typo.stderr);
     assert_eq!(typo.status.code(), Some(1), "{err}");
     assert!(

@@ -571,8 +571,13 @@ mod tests {
     }
 
     fn error(key: &str, value: &str) -> String {
-        match with(key, value) {
-            Ok(_) => panic!("{key} = {value} was accepted"),
+        refused(with(key, value), &format!("{key} = {value}"))
+    }
+
+    /// The error of a typing that must fail.
+    fn refused(typed: Result<PipelineParams, LineageError>, what: &str) -> String {
+        match typed {
+            Ok(_) => panic!("{what} was accepted"),
             Err(e) => e.to_string(),
         }
     }
@@ -647,17 +652,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         p.set("split.val_end", "2011-07-01")
             .unwrap_or_else(|e| panic!("{e}"));
-        let e = PipelineParams::from_params(&p)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
+        let e = refused(PipelineParams::from_params(&p), "val_end before train_end");
         assert!(e.contains("split.val_end") && e.contains("after"), "{e}");
         p.set("split.val_end", "2011-13-01")
             .unwrap_or_else(|e| panic!("{e}"));
-        let e = PipelineParams::from_params(&p)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
+        let e = refused(PipelineParams::from_params(&p), "month 13");
         assert!(e.contains("YYYY-MM-DD"), "{e}");
     }
 
