@@ -38,15 +38,21 @@ pub struct Outcome {
     pub clean: bool,
 }
 
-/// The executions of a libFuzzer log: its `Done N runs in S second(s)` line
-/// or, failing that, the largest `#N` status line.
-pub fn executions(log: &str) -> u64 {
-    if let Some(n) = log.lines().rev().find_map(|l| {
+/// The run counts of a libFuzzer log's `Done N runs in S second(s)` lines
+/// (one per worker).
+fn done_runs(log: &str) -> impl Iterator<Item = u64> + '_ {
+    log.lines().filter_map(|l| {
         l.trim()
             .strip_prefix("Done ")
             .and_then(|rest| rest.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
-    }) {
+    })
+}
+
+/// The executions of a libFuzzer log: its `Done N runs in S second(s)` line
+/// or, failing that, the largest `#N` status line.
+pub fn executions(log: &str) -> u64 {
+    if let Some(n) = done_runs(log).last() {
         return n;
     }
     log.lines()
@@ -241,14 +247,7 @@ fn worker_total(log: &str, jobs: usize) -> u64 {
     if jobs <= 1 {
         return executions(log);
     }
-    log.lines()
-        .filter_map(|l| {
-            l.trim()
-                .strip_prefix("Done ")
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|n| n.parse::<u64>().ok())
-        })
-        .sum()
+    done_runs(log).sum()
 }
 
 #[cfg(test)]
