@@ -30,7 +30,7 @@ pub use read::{
     Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, TextColumn, read_raw_bytes, read_raw_file,
     read_raw_file_limited,
 };
-pub use transactions::{SCHEMA, Transactions, TxView, read_parquet, write_parquet};
+pub use transactions::{SCHEMA, Transactions, TxView, parquet_writer, read_parquet, write_parquet};
 pub use workbook::{WorkbookSummary, csv_to_workbook, is_workbook, workbook_to_csv};
 
 /// Errors of the etl stage. Field errors carry the file, 1-based line and column.

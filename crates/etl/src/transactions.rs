@@ -201,10 +201,14 @@ impl Transactions {
 pub fn write_parquet(df: &DataFrame) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut df = df.clone();
-    ParquetWriter::new(&mut out)
-        .with_compression(ParquetCompression::Lz4Raw)
-        .finish(&mut df)?;
+    parquet_writer(&mut out).finish(&mut df)?;
     Ok(out)
+}
+
+/// The parquet writer every artifact is written with (see [`write_parquet`]);
+/// `.batched(schema)` on it writes a large table chunk by chunk.
+pub fn parquet_writer<W: std::io::Write>(out: W) -> ParquetWriter<W> {
+    ParquetWriter::new(out).with_compression(ParquetCompression::Lz4Raw)
 }
 
 /// Reads a frame from parquet bytes.

@@ -8,7 +8,9 @@
 //!
 //! **split** ([`split`]) cuts the feature table in time order
 //! (train < validation < test), fits a [`Preprocessor`] on the training rows
-//! only and writes one [`DesignMatrix`] per part.
+//! only and makes one [`DesignMatrix`] per part; [`split_parquet`], what the
+//! stage runs, writes each part as parquet a chunk of rows at a time, so no
+//! model matrix is ever whole in memory.
 //!
 //! Price features are computed by one function, [`price_features`], in training
 //! and at serving time, so the two cannot drift apart.
@@ -35,8 +37,8 @@ pub use engineer::{
 pub use preprocess::{
     NumericColumn, PreprocessParams, Preprocessor, Scaling, TargetEncoding, Transform,
 };
-pub use split::{DesignMatrix, SplitParts, SplitReport, split};
-pub use table::{FeatureRow, FeatureTable, ProductContexts, ProductSummary, SummaryRow};
+pub use split::{DesignMatrix, SplitFiles, SplitParts, SplitReport, split, split_parquet};
+pub use table::{FeatureRow, FeatureTable, ProductContexts, ProductSummary, RowSource, SummaryRow};
 
 /// Errors of the features and split stages.
 #[derive(Debug, thiserror::Error)]

@@ -184,10 +184,20 @@ impl Preprocessor {
         targets: &[f64],
         params: &PreprocessParams,
     ) -> Result<Self> {
-        if rows.is_empty() || rows.len() != targets.len() {
+        Self::fit_with(rows.len(), |i| rows[i], targets, params)
+    }
+
+    /// Fits on `n` training rows, row `i` given by `row(i)`, and their
+    /// targets.
+    pub fn fit_with<'a>(
+        n: usize,
+        row: impl Fn(usize) -> FeatureRow<'a>,
+        targets: &[f64],
+        params: &PreprocessParams,
+    ) -> Result<Self> {
+        if n == 0 || n != targets.len() {
             return Err(FeatureError::NoData(format!(
-                "cannot fit a preprocessor on {} rows and {} targets",
-                rows.len(),
+                "cannot fit a preprocessor on {n} rows and {} targets",
                 targets.len()
             )));
         }
@@ -202,11 +212,11 @@ impl Preprocessor {
             ));
         }
         let mut numeric = Vec::new();
-        let mut column = Vec::with_capacity(rows.len());
+        let mut column = Vec::with_capacity(n);
         for (source, transform) in NUMERIC_SPEC {
             column.clear();
-            for r in rows {
-                column.push(apply(transform, r.value(source).unwrap_or(f64::NAN)));
+            for i in 0..n {
+                column.push(apply(transform, row(i).value(source).unwrap_or(f64::NAN)));
             }
             let (center, scale) = center_scale(&column, params.scaling);
             numeric.push(NumericColumn {
@@ -221,17 +231,16 @@ impl Preprocessor {
             });
         }
         let stock_code = TargetEncoding::fit(
-            rows.iter().zip(targets).map(|(r, y)| (r.stock_code, *y)),
+            (0..n).map(|i| (row(i).stock_code, targets[i])),
             params.target_encoding_smoothing,
         );
-        let encoded: Vec<f64> = rows
-            .iter()
-            .map(|r| stock_code.encode(r.stock_code))
+        let encoded: Vec<f64> = (0..n)
+            .map(|i| stock_code.encode(row(i).stock_code))
             .collect();
         let stock_code_scale = center_scale(&encoded, params.scaling);
         let mut country_counts: HashMap<&str, usize> = HashMap::new();
-        for r in rows {
-            *country_counts.entry(r.country).or_default() += 1;
+        for i in 0..n {
+            *country_counts.entry(row(i).country).or_default() += 1;
         }
         let mut countries: Vec<String> = country_counts
             .into_iter()
@@ -302,39 +311,61 @@ impl Preprocessor {
 
     /// The model matrix of `rows` (one row each).
     pub fn transform(&self, rows: &[FeatureRow<'_>]) -> Array2<f64> {
-        let mut x = Array2::zeros((rows.len(), self.n_features()));
-        for (r, mut out) in rows.iter().zip(x.rows_mut()) {
+        self.transform_with(
+            rows.iter()
+                .map(|r| (*r, self.stock_code.encode(r.stock_code))),
+            rows.len(),
+        )
+    }
+
+    /// The model matrix of `n` rows given with their encoded stock codes.
+    pub(crate) fn transform_with<'a>(
+        &self,
+        rows: impl Iterator<Item = (FeatureRow<'a>, f64)>,
+        n: usize,
+    ) -> Array2<f64> {
+        let mut x = Array2::zeros((n, self.n_features()));
+        for ((r, code), mut out) in rows.zip(x.rows_mut()) {
             if let Some(slice) = out.as_slice_mut() {
-                self.write_row(r, self.stock_code.encode(r.stock_code), slice);
+                self.write_row(&r, code, slice);
             }
         }
         x
+    }
+
+    /// The cross-fitted stock-code encoders of `n` training rows: encoder
+    /// `f` is fitted on the rows whose position is not `f` modulo the fold
+    /// count, and encodes the rows that are.
+    pub(crate) fn fold_encoders<'a>(
+        &self,
+        n: usize,
+        row: impl Fn(usize) -> FeatureRow<'a>,
+        targets: &[f64],
+    ) -> Vec<TargetEncoding> {
+        let k = self.params.target_encoding_folds.max(2);
+        (0..k)
+            .map(|f| {
+                TargetEncoding::fit(
+                    (0..n)
+                        .filter(|i| i % k != f)
+                        .map(|i| (row(i).stock_code, targets[i])),
+                    self.stock_code.smoothing,
+                )
+            })
+            .collect()
     }
 
     /// The model matrix of the training rows, with the stock-code encoding
     /// cross-fitted: each row's code is encoded from the other folds only, so
     /// a row's own target never leaks into its features. Folds interleave in time.
     pub fn transform_train(&self, rows: &[FeatureRow<'_>], targets: &[f64]) -> Array2<f64> {
-        let k = self.params.target_encoding_folds.max(2);
-        let fold_encoders: Vec<TargetEncoding> = (0..k)
-            .map(|f| {
-                TargetEncoding::fit(
-                    rows.iter()
-                        .zip(targets)
-                        .enumerate()
-                        .filter(|(i, _)| i % k != f)
-                        .map(|(_, (r, y))| (r.stock_code, *y)),
-                    self.stock_code.smoothing,
-                )
-            })
-            .collect();
-        let mut x = Array2::zeros((rows.len(), self.n_features()));
-        for (i, (r, mut out)) in rows.iter().zip(x.rows_mut()).enumerate() {
-            if let Some(slice) = out.as_slice_mut() {
-                self.write_row(r, fold_encoders[i % k].encode(r.stock_code), slice);
-            }
-        }
-        x
+        let folds = self.fold_encoders(rows.len(), |i| rows[i], targets);
+        self.transform_with(
+            rows.iter()
+                .enumerate()
+                .map(|(i, r)| (*r, folds[i % folds.len()].encode(r.stock_code))),
+            rows.len(),
+        )
     }
 
     /// JSON bytes.

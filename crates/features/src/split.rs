@@ -1,12 +1,17 @@
 //! The split stage: time-ordered train / validation / test model matrices.
 
+use std::ops::Range;
+
 use ndarray::{Array1, Array2};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::preprocess::{PreprocessParams, Preprocessor};
-use crate::table::{FeatureRow, FeatureTable};
+use crate::preprocess::{PreprocessParams, Preprocessor, TargetEncoding};
+use crate::table::{FeatureTable, RowSource};
 use crate::{FeatureError, Result, TrainWindow};
+
+/// Rows per chunk (and parquet row group) when [`split_parquet`] writes a part.
+const CHUNK_ROWS: usize = 1 << 18;
 
 /// A model matrix with its target and row identifiers. Parquet columns: one
 /// float column per feature name, then `target` (ln(1 + quantity)),
@@ -38,6 +43,11 @@ impl DesignMatrix {
 
     /// Parquet bytes.
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
+        Ok(etl::write_parquet(&self.to_frame()?)?)
+    }
+
+    /// The frame [`DesignMatrix::to_parquet`] writes.
+    fn to_frame(&self) -> Result<DataFrame> {
         let mut cols: Vec<polars::prelude::Column> =
             Vec::with_capacity(self.feature_names.len() + 3);
         for (j, name) in self.feature_names.iter().enumerate() {
@@ -60,8 +70,7 @@ impl DesignMatrix {
                 .into_series()
                 .into(),
         );
-        let df = DataFrame::new(self.len(), cols)?;
-        Ok(etl::write_parquet(&df)?)
+        Ok(DataFrame::new(self.len(), cols)?)
     }
 
     /// Reads parquet bytes written by [`DesignMatrix::to_parquet`].
@@ -135,7 +144,7 @@ pub struct SplitReport {
     pub unseen_stock_code_share: [f64; 2],
 }
 
-/// The output of the split stage.
+/// The output of [`split`]: the parts as matrices in memory.
 #[derive(Debug, Clone)]
 pub struct SplitParts {
     /// Training rows (stock-code encoding cross-fitted).
@@ -150,79 +159,240 @@ pub struct SplitParts {
     pub report: SplitReport,
 }
 
+/// The output of [`split_parquet`]: the parts as the parquet bytes
+/// [`DesignMatrix::to_parquet`] would write (read them back with
+/// [`DesignMatrix::from_parquet`]).
+#[derive(Debug, Clone)]
+pub struct SplitFiles {
+    /// Training rows.
+    pub train: Vec<u8>,
+    /// Validation rows.
+    pub val: Vec<u8>,
+    /// Test rows.
+    pub test: Vec<u8>,
+    /// Fitted on the training rows.
+    pub preprocessor: Preprocessor,
+    /// Metrics.
+    pub report: SplitReport,
+}
+
+/// Which rows go to which part, the preprocessor fitted on the training part
+/// and its cross-fitted stock-code encoders: what [`split`] and
+/// [`split_parquet`] both build their parts from, a range of rows at a time.
+struct Plan<'a> {
+    src: RowSource<'a>,
+    ts: &'a [i64],
+    target: &'a [f64],
+    /// Row indices of train, validation and test, in time order.
+    parts: [Vec<usize>; 3],
+    preprocessor: Preprocessor,
+    /// Encoder of each training fold (by position in the training part).
+    folds: Vec<TargetEncoding>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        table: &'a FeatureTable,
+        window: &TrainWindow,
+        params: &PreprocessParams,
+    ) -> Result<Self> {
+        let src = table.row_source()?;
+        let ts = table.timestamps()?;
+        let target = table.numeric("target")?;
+        let parts = window.partition(ts);
+        let train = &parts[0];
+        if train.is_empty() {
+            return Err(FeatureError::NoData("the training part is empty".into()));
+        }
+        let train_y: Vec<f64> = train.iter().map(|&i| target[i]).collect();
+        let row = |j: usize| src.row(train[j]);
+        let preprocessor = Preprocessor::fit_with(train.len(), row, &train_y, params)?;
+        let folds = preprocessor.fold_encoders(train.len(), row, &train_y);
+        Ok(Self {
+            src,
+            ts,
+            target,
+            parts,
+            preprocessor,
+            folds,
+        })
+    }
+
+    /// The model matrix of positions `range` of part `part` (0 train, 1
+    /// validation, 2 test).
+    fn matrix(&self, part: usize, range: Range<usize>) -> DesignMatrix {
+        let idx = &self.parts[part][range.clone()];
+        let rows = idx.iter().zip(range).map(|(&i, pos)| {
+            let r = self.src.row(i);
+            let encoder = if part == 0 {
+                &self.folds[pos % self.folds.len()]
+            } else {
+                &self.preprocessor.stock_code
+            };
+            (r, encoder.encode(r.stock_code))
+        });
+        DesignMatrix {
+            feature_names: self.preprocessor.feature_names.clone(),
+            x: self.preprocessor.transform_with(rows, idx.len()),
+            y: idx.iter().map(|&i| self.target[i]).collect(),
+            stock_code: idx
+                .iter()
+                .map(|&i| self.src.row(i).stock_code.to_string())
+                .collect(),
+            ts: idx.iter().map(|&i| self.ts[i]).collect(),
+        }
+    }
+
+    /// The whole of a part in memory.
+    fn whole(&self, part: usize) -> DesignMatrix {
+        self.matrix(part, 0..self.parts[part].len())
+    }
+
+    /// A part as parquet bytes, written `chunk` rows at a time: the model
+    /// matrix is never whole in memory.
+    fn parquet(&self, part: usize, chunk: usize) -> Result<Vec<u8>> {
+        let n = self.parts[part].len();
+        let chunk = chunk.max(1);
+        let mut out = Vec::new();
+        let first = self.matrix(part, 0..n.min(chunk)).to_frame()?;
+        if n <= chunk {
+            return Ok(etl::write_parquet(&first)?);
+        }
+        let mut writer = etl::parquet_writer(&mut out).batched(first.schema())?;
+        writer.write_batch(&first)?;
+        drop(first);
+        for start in (chunk..n).step_by(chunk) {
+            let chunk = self.matrix(part, start..(start + chunk).min(n));
+            writer.write_batch(&chunk.to_frame()?)?;
+        }
+        writer.finish()?;
+        drop(writer);
+        Ok(out)
+    }
+
+    fn report(&self) -> SplitReport {
+        let mean = |idx: &[usize]| {
+            if idx.is_empty() {
+                0.0
+            } else {
+                idx.iter().map(|&i| self.target[i]).sum::<f64>() / idx.len() as f64
+            }
+        };
+        let unseen = |idx: &[usize]| {
+            if idx.is_empty() {
+                0.0
+            } else {
+                idx.iter()
+                    .filter(|&&i| {
+                        !self
+                            .preprocessor
+                            .stock_code
+                            .stats
+                            .contains_key(self.src.row(i).stock_code)
+                    })
+                    .count() as f64
+                    / idx.len() as f64
+            }
+        };
+        let [train, val, test] = &self.parts;
+        SplitReport {
+            rows: [train.len() as u64, val.len() as u64, test.len() as u64],
+            target_mean: [mean(train), mean(val), mean(test)],
+            n_features: self.preprocessor.n_features() as u64,
+            encoded_stock_codes: self.preprocessor.stock_code.stats.len() as u64,
+            encoded_countries: self.preprocessor.countries.len() as u64,
+            unseen_stock_code_share: [unseen(val), unseen(test)],
+        }
+    }
+}
+
 /// Splits a feature table at the window's boundaries, fits the preprocessor on
-/// the training part and transforms all three parts.
+/// the training part and transforms all three parts, in memory.
 pub fn split(
     table: &FeatureTable,
     window: &TrainWindow,
     params: &PreprocessParams,
 ) -> Result<SplitParts> {
-    let rows = table.rows()?;
-    let ts = table.timestamps()?;
-    let target = table.numeric("target")?;
-    let parts = window.partition(ts);
-    if parts[0].is_empty() {
-        return Err(FeatureError::NoData("the training part is empty".into()));
-    }
-    let pick = |idx: &[usize]| -> (Vec<FeatureRow<'_>>, Vec<f64>) {
-        (
-            idx.iter().map(|&i| rows[i]).collect(),
-            idx.iter().map(|&i| target[i]).collect(),
-        )
-    };
-    let (train_rows, train_y) = pick(&parts[0]);
-    let preprocessor = Preprocessor::fit(&train_rows, &train_y, params)?;
-    let make = |idx: &[usize], x: Array2<f64>, y: Vec<f64>| DesignMatrix {
-        feature_names: preprocessor.feature_names.clone(),
-        x,
-        y: Array1::from_vec(y),
-        stock_code: idx
-            .iter()
-            .map(|&i| rows[i].stock_code.to_string())
-            .collect(),
-        ts: idx.iter().map(|&i| ts[i]).collect(),
-    };
-    let train = make(
-        &parts[0],
-        preprocessor.transform_train(&train_rows, &train_y),
-        train_y.clone(),
-    );
-    let (val_rows, val_y) = pick(&parts[1]);
-    let val = make(&parts[1], preprocessor.transform(&val_rows), val_y);
-    let (test_rows, test_y) = pick(&parts[2]);
-    let test = make(&parts[2], preprocessor.transform(&test_rows), test_y);
-
-    let mean = |y: &Array1<f64>| {
-        if y.is_empty() {
-            0.0
-        } else {
-            y.mean().unwrap_or(0.0)
-        }
-    };
-    let unseen = |m: &DesignMatrix| {
-        if m.is_empty() {
-            0.0
-        } else {
-            m.stock_code
-                .iter()
-                .filter(|c| !preprocessor.stock_code.stats.contains_key(c.as_str()))
-                .count() as f64
-                / m.len() as f64
-        }
-    };
-    let report = SplitReport {
-        rows: [train.len() as u64, val.len() as u64, test.len() as u64],
-        target_mean: [mean(&train.y), mean(&val.y), mean(&test.y)],
-        n_features: preprocessor.n_features() as u64,
-        encoded_stock_codes: preprocessor.stock_code.stats.len() as u64,
-        encoded_countries: preprocessor.countries.len() as u64,
-        unseen_stock_code_share: [unseen(&val), unseen(&test)],
-    };
+    let plan = Plan::new(table, window, params)?;
     Ok(SplitParts {
-        train,
-        val,
-        test,
-        preprocessor,
-        report,
+        train: plan.whole(0),
+        val: plan.whole(1),
+        test: plan.whole(2),
+        report: plan.report(),
+        preprocessor: plan.preprocessor,
     })
+}
+
+/// [`split`] straight to parquet, each part written in chunks of rows (one
+/// thread per part), so no model matrix is ever whole in memory: what the
+/// split stage runs, at any number of rows.
+pub fn split_parquet(
+    table: &FeatureTable,
+    window: &TrainWindow,
+    params: &PreprocessParams,
+) -> Result<SplitFiles> {
+    split_parquet_in_chunks(table, window, params, CHUNK_ROWS)
+}
+
+fn split_parquet_in_chunks(
+    table: &FeatureTable,
+    window: &TrainWindow,
+    params: &PreprocessParams,
+    chunk: usize,
+) -> Result<SplitFiles> {
+    let plan = Plan::new(table, window, params)?;
+    let (train, val, test) = std::thread::scope(|s| {
+        let val = s.spawn(|| plan.parquet(1, chunk));
+        let test = s.spawn(|| plan.parquet(2, chunk));
+        let train = plan.parquet(0, chunk);
+        let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<u8>>>| {
+            h.join().unwrap_or_else(|_| {
+                Err(FeatureError::Artifact(
+                    "a split writer thread panicked".into(),
+                ))
+            })
+        };
+        (train, join(val), join(test))
+    });
+    Ok(SplitFiles {
+        train: train?,
+        val: val?,
+        test: test?,
+        report: plan.report(),
+        preprocessor: plan.preprocessor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn parquet_in_chunks_holds_the_same_matrices_as_the_split_in_memory() {
+        let data = etl::synth::generate(&etl::synth::SynthConfig {
+            n_invoices: 400,
+            ..Default::default()
+        });
+        let raw = etl::read_raw_bytes(data.csv.as_bytes(), "s.csv").unwrap();
+        let (tx, _) = etl::clean(&raw, &etl::EtlParams::default()).unwrap();
+        let out = crate::build_features(&tx, &crate::FeatureParams::default(), None).unwrap();
+        let params = PreprocessParams::default();
+        let whole = split(&out.table, &out.window, &params).unwrap();
+        assert!(whole.train.len() > 300, "{}", whole.train.len());
+        // Chunks of 97 rows: many row groups per part, a short last one.
+        let files = split_parquet_in_chunks(&out.table, &out.window, &params, 97).unwrap();
+        assert_eq!(files.preprocessor, whole.preprocessor);
+        assert_eq!(files.report, whole.report);
+        for (bytes, matrix) in [
+            (&files.train, &whole.train),
+            (&files.val, &whole.val),
+            (&files.test, &whole.test),
+        ] {
+            assert_eq!(&DesignMatrix::from_parquet(bytes).unwrap(), matrix);
+        }
+        let frame = etl::read_parquet(&files.train).unwrap();
+        assert_eq!(frame.height(), whole.train.len());
+    }
 }

@@ -87,6 +87,51 @@ impl FeatureRow<'_> {
     }
 }
 
+/// The rows of a [`FeatureTable`], one [`FeatureRow`] at a time.
+#[derive(Debug, Clone)]
+pub struct RowSource<'a> {
+    codes: Vec<&'a str>,
+    countries: Vec<&'a str>,
+    /// One slice per [`NUMERIC_FEATURES`] entry.
+    cols: Vec<&'a [f64]>,
+}
+
+impl<'a> RowSource<'a> {
+    /// Rows.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether there are no rows.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// Row `i` (panics when out of range, like slice indexing).
+    pub fn row(&self, i: usize) -> FeatureRow<'a> {
+        let c = &self.cols;
+        FeatureRow {
+            stock_code: self.codes[i],
+            country: self.countries[i],
+            unit_price: c[0][i],
+            year: c[1][i],
+            month: c[2][i],
+            day_of_week: c[3][i],
+            prev_month_quantity: c[4][i],
+            price_rel_max: c[5][i],
+            price_rel_mean: c[6][i],
+            price_rel_median: c[7][i],
+            price_squared: c[8][i],
+            log1p_price: c[9][i],
+            product_popularity: c[10][i],
+            is_registered: c[11][i],
+            cust_recency_days: c[12][i],
+            cust_frequency: c[13][i],
+            cust_monetary: c[14][i],
+        }
+    }
+}
+
 /// Row-level features, sorted by invoice time. Parquet columns:
 /// `invoice_no, stock_code, invoice_date, customer_id, country, quantity`
 /// followed by the float columns of [`NUMERIC_FEATURES`] (`target` =
@@ -207,35 +252,24 @@ impl FeatureTable {
         strs(&self.df, "country")
     }
 
+    /// Random access to the rows as [`FeatureRow`]s, built on demand (the
+    /// split stage reads tens of millions of rows without holding them all
+    /// as structs).
+    pub fn row_source(&self) -> Result<RowSource<'_>> {
+        Ok(RowSource {
+            codes: self.stock_codes()?,
+            countries: self.countries()?,
+            cols: NUMERIC_FEATURES
+                .iter()
+                .map(|n| self.numeric(n))
+                .collect::<Result<_>>()?,
+        })
+    }
+
     /// All rows as [`FeatureRow`]s.
     pub fn rows(&self) -> Result<Vec<FeatureRow<'_>>> {
-        let codes = self.stock_codes()?;
-        let countries = self.countries()?;
-        let cols: Vec<&[f64]> = NUMERIC_FEATURES
-            .iter()
-            .map(|n| self.numeric(n))
-            .collect::<Result<_>>()?;
-        Ok((0..self.len())
-            .map(|i| FeatureRow {
-                stock_code: codes[i],
-                country: countries[i],
-                unit_price: cols[0][i],
-                year: cols[1][i],
-                month: cols[2][i],
-                day_of_week: cols[3][i],
-                prev_month_quantity: cols[4][i],
-                price_rel_max: cols[5][i],
-                price_rel_mean: cols[6][i],
-                price_rel_median: cols[7][i],
-                price_squared: cols[8][i],
-                log1p_price: cols[9][i],
-                product_popularity: cols[10][i],
-                is_registered: cols[11][i],
-                cust_recency_days: cols[12][i],
-                cust_frequency: cols[13][i],
-                cust_monetary: cols[14][i],
-            })
-            .collect())
+        let src = self.row_source()?;
+        Ok((0..src.len()).map(|i| src.row(i)).collect())
     }
 
     /// Parquet bytes.

@@ -389,19 +389,13 @@ fn split_stage(
     let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
     let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
     bar.set_message(format!(
-        "splitting {} rows, fitting the preprocessor",
+        "splitting {} rows, fitting the preprocessor, writing model matrices",
         table.len()
     ));
-    let parts = features::split(&table, &window, params)?;
-    bar.set_message("writing model matrices");
-    let (train, val, test) = std::thread::scope(|s| {
-        let val = s.spawn(|| parts.val.to_parquet());
-        let test = s.spawn(|| parts.test.to_parquet());
-        (parts.train.to_parquet(), val.join(), test.join())
-    });
-    w.put(&k.train, &train?)?;
-    w.put(&k.val, &joined_bytes(val)??)?;
-    w.put(&k.test, &joined_bytes(test)??)?;
+    let parts = features::split_parquet(&table, &window, params)?;
+    w.put(&k.train, &parts.train)?;
+    w.put(&k.val, &parts.val)?;
+    w.put(&k.test, &parts.test)?;
     w.put(&k.preprocessor, &parts.preprocessor.to_json()?)?;
     w.put(
         &k.feature_names,
