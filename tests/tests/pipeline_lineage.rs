@@ -87,6 +87,16 @@ fn a_param_change_reruns_only_its_readers_and_what_changed_downstream() {
     p.set("models.svr_rows", 150).unwrap();
     assert_eq!(ran(&run(&store, &raw, &p)), vec!["models", "gate"]);
 
+    // A cap on training rows re-runs the models, which then train on a
+    // time-stratified sample of that many rows, and the gate.
+    p.set("models.max_train_rows", 300).unwrap();
+    assert_eq!(ran(&run(&store, &raw, &p)), vec!["models", "gate"]);
+    let models: serde_json::Value =
+        serde_json::from_slice(&store.get("metrics/models.json").unwrap()).unwrap();
+    let train = &models["metrics"]["rows"]["train"];
+    assert_eq!(train[0], 300, "{train}");
+    assert!(train[1].as_u64().unwrap() > 300, "{train}");
+
     // A gate param re-runs the gate alone.
     p.set("gate.attribution_permutations", 4).unwrap();
     assert_eq!(ran(&run(&store, &raw, &p)), vec!["gate"]);

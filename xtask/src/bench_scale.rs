@@ -253,27 +253,59 @@ fn plot(cells: &[Cell], stages: &[Stage], sizes: &[usize]) -> String {
             label_rows(r)
         );
     }
-    let dashes = ["", "6 3", "2 3", "8 3 2 3", "1 2", "10 4"];
-    for (i, &stage) in stages.iter().enumerate() {
-        let pts: Vec<String> = cells
-            .iter()
-            .filter(|c| c.stage == stage)
-            .map(|c| {
-                format!(
-                    "{:.1},{:.1}",
-                    px((c.rows as f64).log10()),
-                    py(c.seconds.max(1e-3).log10())
-                )
-            })
-            .collect();
+    // Seconds ticks at the powers of ten inside the range.
+    for e in (y0.ceil() as i32)..=(y1.floor() as i32) {
+        let y = py(f64::from(e));
+        let label = if e < 0 {
+            format!("{}", 10f64.powi(e))
+        } else {
+            format!("{}", 10i64.pow(e.unsigned_abs()))
+        };
         let _ = write!(
             s,
-            r#"<polyline points="{}" fill="none" stroke="black" stroke-dasharray="{}"/><text x="{}" y="{}">{}</text>"#,
-            pts.join(" "),
+            r##"<line x1="{}" y1="{y:.1}" x2="{}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{label} s</text>"##,
+            m,
+            w - m,
+            m - 4.0,
+            y + 4.0
+        );
+    }
+    let dashes = ["", "6 3", "2 3", "8 3 2 3", "1 2", "10 4"];
+    let colours = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b",
+    ];
+    // Each line's name at its last point, moved apart so none overlap.
+    let mut labels: Vec<(f64, usize)> = Vec::new();
+    for (i, &stage) in stages.iter().enumerate() {
+        let pts: Vec<(f64, f64)> = cells
+            .iter()
+            .filter(|c| c.stage == stage)
+            .map(|c| (px((c.rows as f64).log10()), py(c.seconds.max(1e-3).log10())))
+            .collect();
+        let points: Vec<String> = pts.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
+        let _ = write!(
+            s,
+            r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5" stroke-dasharray="{}"/>"#,
+            points.join(" "),
+            colours[i % colours.len()],
             dashes[i % dashes.len()],
+        );
+        if let Some(&(_, y)) = pts.last() {
+            labels.push((y, i));
+        }
+    }
+    labels.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut last = f64::NEG_INFINITY;
+    for (y, i) in labels {
+        let y = y.max(last + 13.0);
+        last = y;
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{:.1}" fill="{}">{}</text>"#,
             w - m + 4.0,
-            pts.last().and_then(|p| p.split(',').nth(1)).unwrap_or("0"),
-            stage.name()
+            y + 4.0,
+            colours[i % colours.len()],
+            stages[i].name()
         );
     }
     s.push_str("</svg>\n");
@@ -340,5 +372,22 @@ mod tests {
         ];
         let s = plot(&cells, &[Stage::Etl], &[1000, 10000]);
         assert!(s.starts_with("<svg") && s.contains("<polyline") && s.contains(">etl<"));
+        // Ticks at the powers of ten: 0.1 s and 1 s.
+        assert!(s.contains(">0.1 s<") && s.contains(">1 s<"), "{s}");
+        // Two stages ending at the same point get labels apart.
+        let mut both = cells.clone();
+        both.extend(cells.iter().map(|c| Cell {
+            stage: Stage::Features,
+            ..c.clone()
+        }));
+        let s = plot(&both, &[Stage::Etl, Stage::Features], &[1000, 10000]);
+        let label_y = |name: &str| -> f64 {
+            let end = s.find(&format!(">{name}</text>")).unwrap();
+            let start = s[..end].rfind("<text").unwrap();
+            let tag = &s[start..end];
+            let y = tag.split(" y=\"").nth(1).unwrap();
+            y[..y.find('"').unwrap()].parse().unwrap()
+        };
+        assert!((label_y("etl") - label_y("features")).abs() >= 13.0, "{s}");
     }
 }

@@ -75,10 +75,20 @@ impl DesignMatrix {
 
     /// Reads parquet bytes written by [`DesignMatrix::to_parquet`].
     pub fn from_parquet(bytes: &[u8]) -> Result<Self> {
-        let df = etl::read_parquet(bytes)?;
-        let names: Vec<String> = df
-            .get_column_names()
-            .iter()
+        Ok(Self::from_parquet_sample(bytes, usize::MAX)?.0)
+    }
+
+    /// Reads at most `max_rows` rows of parquet bytes written by
+    /// [`DesignMatrix::to_parquet`], evenly spaced through the file. Rows are
+    /// in time order, so the sample is stratified in time: every stretch of
+    /// weeks keeps its share of rows. The file is read one column at a time,
+    /// so beyond the sample only one column is in memory at once. Returns the
+    /// matrix and the rows in the file.
+    pub fn from_parquet_sample(bytes: &[u8], max_rows: usize) -> Result<(Self, usize)> {
+        let reader = || ParquetReader::new(std::io::Cursor::new(bytes));
+        let names: Vec<String> = reader()
+            .schema()?
+            .iter_names()
             .map(|s| s.to_string())
             .collect();
         let n_feat = names
@@ -90,40 +100,73 @@ impl DesignMatrix {
             .ok_or_else(|| {
                 FeatureError::Artifact(format!("not a design matrix: columns {names:?}"))
             })?;
-        let n = df.height();
-        let mut x = Array2::zeros((n, n_feat));
-        for (j, name) in names[..n_feat].iter().enumerate() {
-            let col = df.column(name)?.f64()?;
-            for (i, v) in col.iter().enumerate() {
-                x[[i, j]] = v.ok_or_else(|| {
-                    FeatureError::Artifact(format!("null in design-matrix column `{name}`"))
-                })?;
+        let n = reader().num_rows()?;
+        // Row i of the sample is row ⌊i·n/m⌋ of the file.
+        let pick: Option<Vec<usize>> = (n > max_rows).then(|| {
+            (0..max_rows)
+                .map(|i| (i as u128 * n as u128 / max_rows as u128) as usize)
+                .collect()
+        });
+        let m = pick.as_ref().map_or(n, Vec::len);
+        let column = |name: &str| -> Result<polars::prelude::Column> {
+            let df = reader()
+                .with_columns(Some(vec![name.to_string()]))
+                .finish()?;
+            Ok(df.column(name)?.clone())
+        };
+        fn sample<T: Clone>(all: Vec<T>, pick: Option<&Vec<usize>>) -> Vec<T> {
+            match pick {
+                Some(idx) => idx.iter().map(|&i| all[i].clone()).collect(),
+                None => all,
             }
         }
-        let y: Vec<f64> = df
-            .column("target")?
-            .f64()?
-            .iter()
-            .map(|v| v.unwrap_or(f64::NAN))
-            .collect();
-        Ok(Self {
-            feature_names: names[..n_feat].to_vec(),
-            x,
-            y: Array1::from_vec(y),
-            stock_code: df
-                .column("stock_code")?
-                .str()?
+        let floats = |name: &str| -> Result<Vec<f64>> {
+            let col = column(name)?;
+            let all = col
+                .f64()?
                 .iter()
-                .map(|s| s.unwrap_or("").to_string())
+                .map(|v| {
+                    v.ok_or_else(|| {
+                        FeatureError::Artifact(format!("null in design-matrix column `{name}`"))
+                    })
+                })
+                .collect::<Result<Vec<f64>>>()?;
+            Ok(sample(all, pick.as_ref()))
+        };
+        let mut x = Array2::zeros((m, n_feat));
+        for (j, name) in names[..n_feat].iter().enumerate() {
+            x.column_mut(j).assign(&Array1::from_vec(floats(name)?));
+        }
+        let y = floats("target")?;
+        let codes = column("stock_code")?;
+        let codes = codes.str()?;
+        let stock_code: Vec<String> = match &pick {
+            Some(idx) => idx
+                .iter()
+                .map(|&i| codes.get(i).unwrap_or("").to_string())
                 .collect(),
-            ts: df
-                .column("invoice_date")?
+            None => codes.iter().map(|s| s.unwrap_or("").to_string()).collect(),
+        };
+        let dates = column("invoice_date")?;
+        let ts = sample(
+            dates
                 .datetime()?
                 .physical()
                 .iter()
                 .map(|v| v.unwrap_or(0))
                 .collect(),
-        })
+            pick.as_ref(),
+        );
+        Ok((
+            Self {
+                feature_names: names[..n_feat].to_vec(),
+                x,
+                y: Array1::from_vec(y),
+                stock_code,
+                ts,
+            },
+            n,
+        ))
     }
 }
 
@@ -394,5 +437,30 @@ mod tests {
         }
         let frame = etl::read_parquet(&files.train).unwrap();
         assert_eq!(frame.height(), whole.train.len());
+    }
+
+    #[test]
+    fn a_sample_is_evenly_spaced_in_time_and_keeps_whole_rows() {
+        let n = 1000;
+        let m = DesignMatrix {
+            feature_names: vec!["a".into(), "b".into()],
+            x: Array2::from_shape_fn((n, 2), |(i, j)| (i * 10 + j) as f64),
+            y: (0..n).map(|i| i as f64 * 0.5).collect(),
+            stock_code: (0..n).map(|i| format!("P{i}")).collect(),
+            ts: (0..n as i64).map(|i| 1_000 + i * 60).collect(),
+        };
+        let bytes = m.to_parquet().unwrap();
+        let (all, rows) = DesignMatrix::from_parquet_sample(&bytes, n).unwrap();
+        assert_eq!((&all, rows), (&m, n));
+        let (s, rows) = DesignMatrix::from_parquet_sample(&bytes, 300).unwrap();
+        assert_eq!((s.len(), rows), (300, n));
+        for (k, &t) in s.ts.iter().enumerate() {
+            // Row k of the sample is row ⌊k·n/300⌋: every tenth of the file
+            // (of time) keeps a tenth of the sample.
+            let i = k * n / 300;
+            assert_eq!(t, m.ts[i]);
+            assert_eq!(s.x.row(k), m.x.row(i));
+            assert_eq!((s.y[k], &s.stock_code[k]), (m.y[i], &m.stock_code[i]));
+        }
     }
 }

@@ -11,6 +11,7 @@ use lineage::{ArtifactKeys, StageReport, StageWriter, Verdict};
 use models::{DesignMatrix, Manifest};
 use serde::{Deserialize, Serialize};
 
+use crate::params::RowCaps;
 use crate::stages::StageResult;
 use rand::SeedableRng;
 use rand::seq::index::sample;
@@ -214,13 +215,14 @@ pub(crate) fn gate_stage(
     k: &ArtifactKeys,
     gp: &GateParams,
     seed: u64,
+    caps: RowCaps,
     bar: &ProgressBar,
 ) -> StageResult {
     bar.set_message("gate: reading features and the candidate");
     let table = FeatureTable::from_parquet(&w.get(&k.features)?)?;
     let window: TrainWindow = serde_json::from_slice(&w.get(&k.window)?)?;
-    let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
-    let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+    let (train, _) = crate::stages::read_matrix(w, &k.train, caps.train)?;
+    let (test, _) = crate::stages::read_matrix(w, &k.test, caps.eval)?;
     let candidate = Manifest::from_json(&w.get(&k.candidate)?)?;
     let inputs_store = w.inputs();
     let (loaded, skipped) =

@@ -131,10 +131,26 @@ pub struct ModelsSection {
     pub mlp_max_epochs: usize,
     /// SVR training rows.
     pub svr_rows: usize,
+    /// Training rows the models see at most: a larger training window is
+    /// read as a time-stratified sample (evenly spaced rows in time order).
+    pub max_train_rows: usize,
+    /// Validation and test rows the models and the gate see at most (the
+    /// same kind of sample).
+    pub max_eval_rows: usize,
     /// Column whose groups get their own calibration offset; empty: off.
     pub calibrate_groups: String,
     /// Recency half-life of the calibration weights (days); 0: equal weights.
     pub calibration_half_life_days: f64,
+}
+
+/// At most how many rows of the model matrices the models and the gate read
+/// (`models.max_train_rows`, `models.max_eval_rows`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowCaps {
+    /// Training rows.
+    pub train: usize,
+    /// Validation and test rows.
+    pub eval: usize,
 }
 
 /// Which tuner `[tuning]` runs.
@@ -293,6 +309,8 @@ impl ModelsSection {
         positive("models.tuning_mlp_epochs", self.tuning_mlp_epochs)?;
         positive("models.mlp_max_epochs", self.mlp_max_epochs)?;
         positive("models.svr_rows", self.svr_rows)?;
+        positive("models.max_train_rows", self.max_train_rows)?;
+        positive("models.max_eval_rows", self.max_eval_rows)?;
         let h = self.calibration_half_life_days;
         if !(h.is_finite() && h >= 0.0) {
             return Err(invalid(
@@ -476,6 +494,14 @@ impl PipelineParams {
             mlp_max_epochs: m.mlp_max_epochs,
             svr_rows: m.svr_rows,
             seed: m.seed,
+        }
+    }
+
+    /// At most how many rows of each model matrix the models and the gate read.
+    pub fn row_caps(&self) -> RowCaps {
+        RowCaps {
+            train: self.models.max_train_rows,
+            eval: self.models.max_eval_rows,
         }
     }
 

@@ -9,7 +9,8 @@ use models::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::stages::{ArtifactKeys, BoxError};
+use crate::params::RowCaps;
+use crate::stages::{ArtifactKeys, BoxError, read_matrix};
 use crate::{PipelineConfig, PipelineError, Result, Stage};
 
 /// What retraining decided for one model.
@@ -133,7 +134,10 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
             // The pointer names the production release and every file's hash.
             Dep::Artifact(pointer_key.clone()),
         ],
-        params: vec![],
+        params: vec![
+            "models.max_train_rows".into(),
+            "models.max_eval_rows".into(),
+        ],
         outs,
         code_version: format!(
             "{}+{}",
@@ -142,9 +146,10 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
         ),
     };
     let mut report: Option<RetrainReport> = None;
+    let caps = config.typed()?.row_caps();
     let mut runner = Runner::new(config.store, &config.params, true)?;
     runner.run(&def, |w: &mut StageWriter<'_>| {
-        let r = refit_stage(w, &keys, &pointer_key)?;
+        let r = refit_stage(w, &keys, &pointer_key, caps)?;
         let metrics = serde_json::to_value(&r)?;
         let rows_out = r.decisions.len() as u64;
         report = Some(r);
@@ -186,14 +191,15 @@ fn refit_stage(
     w: &mut StageWriter<'_>,
     keys: &ArtifactKeys,
     pointer_key: &str,
+    caps: RowCaps,
 ) -> std::result::Result<RetrainReport, BoxError> {
     let pointer = lineage::Pointer::from_json(&w.get(pointer_key)?, pointer_key)?;
     let releases = w.releases(keys.stockcode.as_deref());
     let production = releases.open(&pointer);
     let manifest = Manifest::from_json(&production.get(&keys.manifest)?)?;
-    let train = DesignMatrix::from_parquet(&w.get(&keys.train)?)?;
-    let val = DesignMatrix::from_parquet(&w.get(&keys.val)?)?;
-    let test = DesignMatrix::from_parquet(&w.get(&keys.test)?)?;
+    let (train, _) = read_matrix(w, &keys.train, caps.train)?;
+    let (val, _) = read_matrix(w, &keys.val, caps.eval)?;
+    let (test, _) = read_matrix(w, &keys.test, caps.eval)?;
     let same_features = train.feature_names == manifest.feature_names;
     let loader = FailoverLoader::new(&production);
     let mut decisions = Vec::new();

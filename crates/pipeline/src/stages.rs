@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub use lineage::ArtifactKeys;
 use lineage::{Dep, LineageError, Runner, StageDef, StageOutcome, StageReport, StageWriter};
 
-use crate::params::PipelineParams;
+use crate::params::{PipelineParams, RowCaps};
 use crate::{PipelineConfig, Stage};
 use models::response::{Line, ResponseParams, SalesHistory, Windows, fit_response};
 use models::{
@@ -183,6 +183,8 @@ pub(crate) fn definition(
                 "models.tuning_mlp_epochs",
                 "models.mlp_max_epochs",
                 "models.svr_rows",
+                "models.max_train_rows",
+                "models.max_eval_rows",
                 "models.calibrate_groups",
                 "models.calibration_half_life_days",
                 "tuning.tuner",
@@ -237,6 +239,8 @@ pub(crate) fn definition(
                 "gate.attribution_rows",
                 "gate.attribution_permutations",
                 "gate.override",
+                "models.max_train_rows",
+                "models.max_eval_rows",
             ]),
             outs: vec![
                 k.gate_report.clone(),
@@ -296,7 +300,10 @@ pub(crate) fn run_stage(
         Stage::Split => runner.run(def, |w| split_stage(w, k, &params.preprocess, bar)),
         Stage::Models => {
             let cfg = params.train_config();
-            runner.run(def, |w| models_stage(w, k, &cfg, params.calibration(), bar))
+            let caps = params.row_caps();
+            runner.run(def, |w| {
+                models_stage(w, k, &cfg, caps, params.calibration(), bar)
+            })
         }
         Stage::Response => {
             let costs = params.unit_costs().map(Path::new);
@@ -305,7 +312,7 @@ pub(crate) fn run_stage(
         Stage::Gate => {
             let gp = params.gate_params();
             runner.run(def, |w| {
-                crate::gate::gate_stage(w, k, &gp, params.models.seed, bar)
+                crate::gate::gate_stage(w, k, &gp, params.models.seed, params.row_caps(), bar)
             })
         }
     }
@@ -438,19 +445,39 @@ pub(crate) fn probe_rows(val: &DesignMatrix, train: &DesignMatrix) -> Vec<Vec<f6
         .collect()
 }
 
+/// Reads a model matrix: all of it, or a time-stratified sample of `cap`
+/// rows when it has more. Returns it with the rows in the file.
+pub(crate) fn read_matrix(
+    w: &StageWriter<'_>,
+    key: &str,
+    cap: usize,
+) -> Result<(DesignMatrix, usize), BoxError> {
+    let (m, rows) = DesignMatrix::from_parquet_sample(&w.get(key)?, cap)?;
+    if rows > m.len() {
+        tracing::info!(
+            key,
+            rows,
+            sampled = m.len(),
+            "reading a time-stratified sample"
+        );
+    }
+    Ok((m, rows))
+}
+
 /// Stage 4: model matrices → tuned, refit and evaluated models, and the
 /// candidate manifest (which the gate may promote).
 fn models_stage(
     w: &mut StageWriter<'_>,
     k: &ArtifactKeys,
     cfg: &TrainConfig,
+    caps: RowCaps,
     calibrate_on: Option<(&str, Option<f64>)>,
     bar: &ProgressBar,
 ) -> StageResult {
     bar.set_message("reading model matrices");
-    let train = DesignMatrix::from_parquet(&w.get(&k.train)?)?;
-    let val = DesignMatrix::from_parquet(&w.get(&k.val)?)?;
-    let test = DesignMatrix::from_parquet(&w.get(&k.test)?)?;
+    let (train, train_of) = read_matrix(w, &k.train, caps.train)?;
+    let (val, val_of) = read_matrix(w, &k.val, caps.eval)?;
+    let (test, test_of) = read_matrix(w, &k.test, caps.eval)?;
     let outcome = models::train_all(cfg, &train, &val, &test, |m| bar.set_message(m.to_string()))?;
     if outcome.models.is_empty() {
         let why: Vec<String> = outcome
@@ -566,8 +593,17 @@ fn models_stage(
             .collect::<Vec<_>>()
             .into(),
     );
+    // Rows read of each matrix, and rows in it (more when sampled).
+    metrics.insert(
+        "rows".into(),
+        serde_json::json!({
+            "train": [train.len(), train_of],
+            "val": [val.len(), val_of],
+            "test": [test.len(), test_of],
+        }),
+    );
     Ok(StageReport {
-        rows_in: (train.len() + val.len() + test.len()) as u64,
+        rows_in: (train_of + val_of + test_of) as u64,
         rows_out: manifest.models.len() as u64,
         metrics: serde_json::Value::Object(metrics),
     })
