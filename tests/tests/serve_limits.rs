@@ -19,6 +19,10 @@ fn product() -> String {
     serving_fixture().scenario.top_product()
 }
 
+/// A request of 1000 distinct prices (candidates are whole pence, so the
+/// range must span at least 1000 of them).
+const HEAVY: &str = "num_price_bins=1000&unitprice_min=0.5&unitprice_max=60";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excess_uncached_work_is_shed_with_retry_after_and_ping_stays_fast() {
     let mut c = config();
@@ -81,10 +85,7 @@ async fn work_stops_when_its_deadline_passes() {
     let started = Instant::now();
     let (status, _, body) = call(
         &router,
-        get(&format!(
-            "/v1/predict-price/{}?num_price_bins=1000",
-            product()
-        )),
+        get(&format!("/v1/predict-price/{}?{HEAVY}", product())),
     )
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
@@ -120,7 +121,7 @@ async fn identical_concurrent_misses_are_computed_once() {
     c.request_timeout = Duration::from_secs(20);
     let app = App::load(&c).unwrap();
     let router = app.router();
-    let uri = format!("/v1/predict-price/{}?num_price_bins=1000", product());
+    let uri = format!("/v1/predict-price/{}?{HEAVY}", product());
     let mut calls = Vec::new();
     for _ in 0..10 {
         let (router, uri) = (router.clone(), uri.clone());

@@ -12,7 +12,8 @@
 //!    demand features are kept, only the price changes. A `country` overrides
 //!    the rows' country; a `customerid` makes them registered-customer rows.
 //! 2. **Grid.** `num_price_bins` prices (default 100) evenly spaced between
-//!    `unitprice_min` and `unitprice_max`. Defaults: the 5th and 95th
+//!    `unitprice_min` and `unitprice_max`, each rounded to a whole penny
+//!    inside that range (a price the shop can charge). Defaults: the 5th and 95th
 //!    percentiles of the product's observed prices (robust to the data's
 //!    one-off mispricings); a product sold at a single price gets ±20 % around
 //!    it; with `max_change` and no bound given, the allowed range around the
@@ -1155,19 +1156,29 @@ struct Decision<'a> {
     failovers: Vec<Failover>,
 }
 
-/// `n` evenly spaced prices from min to max, both included.
+/// `n` evenly spaced prices from min to max, both included, each on a whole
+/// penny (a price the shop can charge): the ends rounded inward, so the grid
+/// never leaves its range, the others to the nearest penny, and a penny
+/// that two prices share once (so a range narrower than `n` pence has fewer
+/// prices). A range inside one penny is left as it is.
 fn grid_prices(grid: &PriceGrid) -> Vec<f64> {
     let n = grid.num_price_bins;
-    let step = (grid.unitprice_max - grid.unitprice_min) / (n - 1) as f64;
-    (0..n)
+    let (lo, hi) = (grid.unitprice_min, grid.unitprice_max);
+    let (lo_p, hi_p) = ((lo * 100.0 - 1e-9).ceil(), (hi * 100.0 + 1e-9).floor());
+    let whole_pence = lo_p <= hi_p;
+    let step = (hi - lo) / (n - 1) as f64;
+    let mut prices: Vec<f64> = (0..n)
         .map(|i| {
-            if i + 1 == n {
-                grid.unitprice_max
+            let p = if i + 1 == n { hi } else { lo + step * i as f64 };
+            if whole_pence {
+                (p * 100.0).round().clamp(lo_p, hi_p) / 100.0
             } else {
-                grid.unitprice_min + step * i as f64
+                p
             }
         })
-        .collect()
+        .collect();
+    prices.dedup();
+    prices
 }
 
 /// Moves the interior grid price nearest to `current` onto it, when
@@ -1356,5 +1367,34 @@ mod tests {
             rule: String::new(),
         };
         assert_eq!(grid_prices(&g), vec![1.0, 1.25, 1.5, 1.75, 2.0]);
+    }
+
+    #[test]
+    fn grid_prices_are_whole_pence_inside_the_range() {
+        // An allowed range of ±10 % around 5.79: 5.211 to 6.369.
+        let g = PriceGrid {
+            unitprice_min: 5.211,
+            unitprice_max: 6.369,
+            num_price_bins: 7,
+            rule: String::new(),
+        };
+        let p = grid_prices(&g);
+        assert_eq!(p, vec![5.22, 5.4, 5.6, 5.79, 5.98, 6.18, 6.36]);
+        // Narrower than the bins in pence: one price per penny.
+        let narrow = PriceGrid {
+            unitprice_min: 1.0,
+            unitprice_max: 1.03,
+            num_price_bins: 10,
+            rule: String::new(),
+        };
+        assert_eq!(grid_prices(&narrow), vec![1.0, 1.01, 1.02, 1.03]);
+        // Inside one penny: left as it is.
+        let tiny = PriceGrid {
+            unitprice_min: 1.001,
+            unitprice_max: 1.009,
+            num_price_bins: 2,
+            rule: String::new(),
+        };
+        assert_eq!(grid_prices(&tiny), vec![1.001, 1.009]);
     }
 }

@@ -735,7 +735,8 @@ pub struct PricingQuery {
     unitprice_min: Option<f64>,
     /// Highest price of the grid.
     unitprice_max: Option<f64>,
-    /// Grid points (2..=1000, default 100).
+    /// Grid points (2..=1000, default 100), each a whole penny inside the
+    /// range (fewer when the range is narrower than that many pence).
     num_price_bins: Option<usize>,
     /// Price for buyers in this country (as spelled in the data, any case).
     country: Option<String>,
