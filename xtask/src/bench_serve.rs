@@ -401,8 +401,10 @@ fn overload(opts: &ServeBench) -> Result<()> {
                 let (mut shed_without_retry_after, mut other) = (0u64, 0u64);
                 let mut i = w;
                 while Instant::now() < end {
+                    // A range of thousands of pence, so `bins` distinct
+                    // prices (candidates are whole pence).
                     let uri = format!(
-                        "{base}/v1/predict-price/{}?num_price_bins={bins}",
+                        "{base}/v1/predict-price/{}?num_price_bins={bins}&unitprice_min=0.5&unitprice_max=60",
                         products[i % products.len()]
                     );
                     i += concurrency;
