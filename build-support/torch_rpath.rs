@@ -1,6 +1,6 @@
-// Shared by the build scripts of crates whose binaries or tests link libtorch
-// (through `models/torch`): records libtorch's library directory as an rpath,
-// so test binaries and `cargo xtask` run with no LD_LIBRARY_PATH.
+// The build script of the one crate that links libtorch (crates/mlp-train,
+// the MLP trainer process): records libtorch's library directory as an
+// rpath, so the trainer runs with no LD_LIBRARY_PATH.
 // `LIBTORCH` comes from .cargo/config.toml ([env], set up by scripts/setup.sh).
 
 fn emit_torch_rpath() {

@@ -1,8 +1,8 @@
 # The pricing server and console: `docker build -f docker/server.Dockerfile .`
 # then `docker run -p 5002:5002 -v $PWD/run:/artifacts:ro IMAGE`
 # (or PRICE_ARTIFACTS=s3://bucket/prefix with AWS credentials in the
-# environment). The server alone does not link libtorch: `-p serve` builds
-# the models crate without its `torch` feature.
+# environment). The server does not link libtorch: only the MLP trainer
+# process (crates/mlp-train) does.
 
 FROM rust:1.95-bookworm AS build
 # LightGBM's build needs cmake >= 3.28 (Debian 12 has 3.25) and libclang.

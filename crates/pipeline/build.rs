@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-include!("../../build-support/torch_rpath.rs");
-
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -20,14 +18,16 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 fn main() {
-    emit_torch_rpath();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
     let crates = manifest.parent().map(Path::to_path_buf).unwrap_or_default();
     // Source paths (relative to crates/) whose content is each stage's code.
     for (sources, var) in [
         (&["etl/src"][..], "ETL_SRC_HASH"),
         (&["features/src"][..], "FEATURES_SRC_HASH"),
-        (&["models/src", "tuning/src"][..], "MODELS_SRC_HASH"),
+        (
+            &["models/src", "mlp-train/src", "tuning/src"][..],
+            "MODELS_SRC_HASH",
+        ),
         (&["drift/src", "pipeline/src/gate.rs"][..], "GATE_SRC_HASH"),
     ] {
         let mut hasher = blake3::Hasher::new();

@@ -71,6 +71,25 @@ fn second_run_skips_every_stage() {
         lock.stages["split"].params["preprocess.scaling"],
         "standard"
     );
+    // The MLP was trained, in the trainer process: this process links every
+    // crate of the workspace but the trainer, and never mapped libtorch.
+    let manifest = models::Manifest::from_json(
+        &store
+            .get(&lineage::ArtifactKeys::new(None).candidate)
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        manifest
+            .models
+            .iter()
+            .any(|e| e.kind == models::ModelKind::Mlp)
+    );
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert!(
+        !maps.contains("libtorch"),
+        "libtorch is mapped into a process that only ran the pipeline"
+    );
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub struct ScaleBench {
     pub dir: PathBuf,
     /// The SVG plot.
     pub svg: PathBuf,
+    /// The MLP trainer the stage processes use (built by this run).
+    pub trainer: Option<PathBuf>,
 }
 
 /// Parses `500k`, `0.5M`, `2M`, `10000`.
@@ -73,6 +75,22 @@ struct Cell {
 }
 
 /// Runs `cmd`, sampling the child's `VmHWM`; wall time and peak RSS.
+/// The child processes of `pid` (Linux: `/proc/PID/task/*/children`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 fn measure(cmd: &mut Command) -> Result<(f64, f64)> {
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::null()).spawn()?;
@@ -81,6 +99,17 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64)> {
     let status = loop {
         if let Some(hwm) = crate::bench_serve::peak_rss_mib(pid) {
             peak = peak.max(hwm);
+        }
+        // The stage's own children (the MLP trainer) count too: their
+        // resident memory now, added to the stage's.
+        let children: f64 = children(pid)
+            .into_iter()
+            .filter_map(crate::bench_serve::rss_mib)
+            .sum();
+        if children > 0.0
+            && let Some(rss) = crate::bench_serve::rss_mib(pid)
+        {
+            peak = peak.max(rss + children);
         }
         if let Some(status) = child.try_wait()? {
             break status;
@@ -137,9 +166,12 @@ impl ScaleBench {
                 std::fs::remove_dir_all(&store)?;
             }
             for &stage in &stages {
+                let mut cmd = Command::new(&me);
+                if let Some(trainer) = &self.trainer {
+                    cmd.env(models::TRAINER_ENV, trainer);
+                }
                 let measured = measure(
-                    Command::new(&me)
-                        .arg("pipeline")
+                    cmd.arg("pipeline")
                         .arg("--raw")
                         .arg(&raw)
                         .arg("--out")

@@ -249,7 +249,7 @@ pub(crate) fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// Resident memory of a process now (`VmRSS`), in MiB.
-fn rss_mib(pid: u32) -> Option<f64> {
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
     proc_status_mib(pid, "VmRSS")
 }
 

@@ -41,6 +41,7 @@ mod bench_scale;
 mod bench_serve;
 mod fuzz;
 mod schedule;
+mod trainer;
 
 /// SHA-256 of the reference copy of the UCI Online Retail CSV.gz.
 const REFERENCE_SHA256: &str = "ae0b5894e9c29449be61ad4ba9ec868083138431cfd5d8a51b2ab68659c4d508";
@@ -428,7 +429,27 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
+/// Whether a command may fit models (and so needs the MLP trainer).
+fn needs_trainer(command: &Command) -> Result<bool> {
+    let until = |u: Option<&str>| -> Result<bool> {
+        Ok(trainer::trains(u.map(str::parse::<Stage>).transpose()?))
+    };
+    Ok(match command {
+        Command::Pipeline { until: u, .. } => until(u.as_deref())?,
+        Command::Bench {
+            target, until: u, ..
+        } => target != "serve" && until(Some(u))?,
+        Command::Retrain { .. } | Command::Schedule { .. } | Command::Backtest { .. } => true,
+        _ => false,
+    })
+}
+
 fn run(command: Command) -> Result<()> {
+    let trainer = if needs_trainer(&command)? {
+        trainer::ensure()?
+    } else {
+        None
+    };
     match command {
         Command::Pipeline {
             common,
@@ -531,6 +552,7 @@ fn run(command: Command) -> Result<()> {
                 until: until.parse()?,
                 dir: scale_dir,
                 svg,
+                trainer,
             }
             .run(),
             "serve" => bench_serve::run(&bench_serve::ServeBench {

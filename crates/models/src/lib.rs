@@ -33,12 +33,11 @@ mod gbm;
 mod linear;
 mod metrics;
 mod mlp;
-#[cfg(feature = "torch")]
-mod mlp_train;
 mod registry;
 pub mod response;
 mod svr;
 mod train;
+mod trainer;
 
 use std::collections::BTreeMap;
 
@@ -58,6 +57,7 @@ pub use registry::{
 };
 pub use svr::{SvrModel, SvrParams};
 pub use train::{TrainConfig, TrainOutcome, TrainedModel, train_all, tune_and_fit};
+pub use trainer::{TRAINER_BIN, TRAINER_ENV, stop_trainer, trainer_path};
 pub use tuning;
 
 /// Errors of the models crate.
@@ -98,9 +98,19 @@ pub enum ModelError {
         reason: String,
     },
     /// The model cannot be used for this task (for example the MLP trainer
-    /// without the `torch` feature).
+    /// binary is missing).
     #[error("{0}")]
     Unavailable(String),
+    /// The MLP trainer process stopped answering.
+    #[error("MLP trainer {path} (exit status: {status})")]
+    Trainer {
+        /// The trainer binary.
+        path: String,
+        /// How the process ended.
+        status: String,
+        /// What the pipe saw.
+        source: mlp_wire::WireError,
+    },
     /// No model in the manifest could be loaded.
     #[error("no usable model: {0}")]
     NoUsableModel(String),

@@ -1,5 +1,6 @@
-//! The primary model: a feed-forward network. Trained with tch (feature
-//! `torch`); evaluated here in pure Rust from its safetensors weights.
+//! The primary model: a feed-forward network. Trained with tch in the
+//! trainer process (`mlp-train`); evaluated here in pure Rust from its
+//! safetensors weights.
 
 use ndarray::{Array1, Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
@@ -125,8 +126,9 @@ impl MlpParams {
     }
 
     /// Trains on `train`, early-stopping on `val`; with `warm_start`, training
-    /// starts from that model's weights (same architecture required).
-    #[cfg(feature = "torch")]
+    /// starts from that model's weights (same architecture required). The
+    /// training runs in the trainer process (`price-mlp-train`, see
+    /// [`crate::trainer_path`]): this crate never links libtorch.
     pub fn fit(
         &self,
         train: &DesignMatrix,
@@ -134,21 +136,7 @@ impl MlpParams {
         warm_start: Option<&MlpModel>,
     ) -> Result<MlpModel> {
         self.validate()?;
-        crate::mlp_train::train(self, train, val, warm_start)
-    }
-
-    /// Without the `torch` feature the MLP can be loaded and evaluated, not trained.
-    #[cfg(not(feature = "torch"))]
-    pub fn fit(
-        &self,
-        _train: &DesignMatrix,
-        _val: &DesignMatrix,
-        _warm_start: Option<&MlpModel>,
-    ) -> Result<MlpModel> {
-        self.validate()?;
-        Err(ModelError::Unavailable(
-            "training the MLP needs the `torch` feature of the models crate (libtorch)".into(),
-        ))
+        crate::trainer::train(self, train, val, warm_start)
     }
 }
 

@@ -314,6 +314,7 @@ pub fn train_all(
             }
         }
     }
+    crate::stop_trainer();
     Ok(TrainOutcome {
         models,
         failures,

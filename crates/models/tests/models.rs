@@ -208,7 +208,6 @@ fn tuning_improves_on_default_hyper_params_with_a_known_answer() {
     }
 }
 
-#[cfg(feature = "torch")]
 mod mlp {
     use super::*;
     use models::MlpParams;

@@ -159,6 +159,8 @@ pub fn retrain(config: &PipelineConfig<'_>) -> Result<RetrainReport> {
             metrics,
         })
     })?;
+    // The refits are done: the MLP trainer's memory is not held through the gate.
+    models::stop_trainer();
     let mut report =
         report.ok_or_else(|| PipelineError::Config("retrain produced no report".into()))?;
 
