@@ -323,3 +323,36 @@ fn decompressed_input_is_bounded() {
         data.rows
     );
 }
+
+#[test]
+fn gzip_files_over_many_chunks_read_like_plain_files_and_a_corrupt_one_is_an_error() {
+    use std::io::Write;
+    let data = generate(&SynthConfig {
+        n_invoices: 15_000,
+        ..Default::default()
+    });
+    // Several of the reader's 1 MiB decompression chunks.
+    assert!(data.csv.len() > 3 << 20, "{} bytes", data.csv.len());
+    let dir = tempfile::tempdir().unwrap();
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(data.csv.as_bytes()).unwrap();
+    let gz = enc.finish().unwrap();
+    let (gz_path, plain_path) = (dir.path().join("x.csv.gz"), dir.path().join("x.csv"));
+    std::fs::write(&gz_path, &gz).unwrap();
+    std::fs::write(&plain_path, &data.csv).unwrap();
+    let a = etl::read_raw_file(&gz_path).unwrap();
+    let b = etl::read_raw_file(&plain_path).unwrap();
+    assert_eq!(a.height(), data.rows);
+    for col in etl::Column::ALL {
+        assert_eq!(
+            a.strings(col).map(|c| c.iter().collect::<Vec<_>>()),
+            b.strings(col).map(|c| c.iter().collect::<Vec<_>>()),
+        );
+    }
+    assert_eq!(a.line_of_row(a.height() - 1), b.line_of_row(b.height() - 1));
+
+    // Cut short in the middle of the deflate stream: an error naming the file.
+    std::fs::write(&gz_path, &gz[..gz.len() / 2]).unwrap();
+    let e = etl::read_raw_file(&gz_path).unwrap_err().to_string();
+    assert!(e.contains("x.csv.gz"), "{e}");
+}
