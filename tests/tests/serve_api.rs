@@ -527,7 +527,19 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
         rec["grid"]["unitprice_min"].as_f64().unwrap(),
         rec["grid"]["unitprice_max"].as_f64().unwrap(),
     );
-    assert!((lo - 0.9 * current).abs() < 1e-9 && (hi - 1.1 * current).abs() < 1e-9);
+    // The grid as searched: the range's whole pence, rounded inward, which
+    // are the curve's first and last prices.
+    let whole_pence = |x: f64| ((x * 100.0).round() / 100.0 - x).abs() < 1e-12;
+    assert!(
+        lo >= 0.9 * current - 1e-9 && lo < 0.9 * current + 0.01 && whole_pence(lo),
+        "{lo} for a lower bound of {}",
+        0.9 * current
+    );
+    assert!(
+        hi <= 1.1 * current + 1e-9 && hi > 1.1 * current - 0.01 && whole_pence(hi),
+        "{hi} for an upper bound of {}",
+        1.1 * current
+    );
     let prices: Vec<f64> = rec["curve"]
         .as_array()
         .unwrap()
@@ -535,6 +547,8 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
         .map(|p| p["unit_price"].as_f64().unwrap())
         .collect();
     assert_eq!(prices.len(), 100);
+    assert_eq!((prices[0], prices[99]), (lo, hi));
+    assert_eq!(rec["grid"]["num_price_bins"], 100);
     assert!(prices.contains(&current), "{current} not in {prices:?}");
     let price = rec["optimal_unit_price"].as_f64().unwrap();
     assert!(rec["at_grid_edge"].is_null(), "{rec}");

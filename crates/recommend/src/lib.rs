@@ -685,8 +685,16 @@ impl Recommender {
                 reason: format!("no price response for {}", request.stockcode),
             })
         })?;
-        let grid = request.grid(product, response.current_price)?;
+        let mut grid = request.grid(product, response.current_price)?;
         let mut candidates = candidate_prices(&grid, request.price_ending)?;
+        // The answer reports the grid as searched: its ends on whole pence
+        // (6.36, not the bound 6.369000000000001) and as many prices as
+        // there are distinct candidates.
+        if let (Some(&lo), Some(&hi)) = (candidates.first(), candidates.last()) {
+            grid.unitprice_min = lo;
+            grid.unitprice_max = hi;
+            grid.num_price_bins = candidates.len();
+        }
         if request.price_ending.is_none() {
             snap_to_current(&mut candidates, response.current_price);
         }
