@@ -747,6 +747,16 @@ fn cmd_releases(out: &str, stockcode: Option<&str>, as_json: bool) -> Result<()>
 /// Runs the fault-injection suite (`xtask/tests/faults.rs`) with cargo.
 fn cmd_faults(filter: Option<&str>) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The suite's pipelines train the MLP: its (debug) trainer beside the
+    // test binaries, which `cargo test --package xtask` does not build.
+    let status = std::process::Command::new(&cargo)
+        .args(["build", "--quiet", "--package", "mlp-train", "--bin"])
+        .arg(models::TRAINER_BIN)
+        .status()
+        .context("building the MLP trainer")?;
+    if !status.success() {
+        bail!("building the MLP trainer failed ({status})");
+    }
     let mut cmd = std::process::Command::new(cargo);
     cmd.args(["test", "--package", "xtask", "--test", "faults", "--"]);
     if let Some(f) = filter {
