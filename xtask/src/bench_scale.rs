@@ -74,7 +74,6 @@ struct Cell {
     peak_mib: f64,
 }
 
-/// Runs `cmd`, sampling the child's `VmHWM`; wall time and peak RSS.
 /// The child processes of `pid` (Linux: `/proc/PID/task/*/children`).
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -91,6 +90,8 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// Runs `cmd`, sampling the child's `VmHWM` (and, while it has children
+/// of its own, its resident memory plus theirs); wall time and peak RSS.
 fn measure(cmd: &mut Command) -> Result<(f64, f64)> {
     let started = Instant::now();
     let mut child = cmd.stdout(Stdio::null()).spawn()?;

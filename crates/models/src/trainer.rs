@@ -154,8 +154,8 @@ pub(crate) fn train(
         val: matrix(val),
         warm_start: warm_start.map(|m| m.weights_file().to_vec()),
     };
-    // A poisoned lock only means another fit panicked between frames; the
-    // worker is then replaced below if its pipe is out of step.
+    // A poisoned lock only means another fit panicked; the worker it had
+    // taken out of the slot went with it, and a new one starts here.
     let mut slot = WORKER
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
