@@ -29,12 +29,13 @@ pub fn ensure() -> Result<Option<PathBuf>> {
         return Ok(None);
     };
     let built = std::env::current_exe()?.with_file_name(models::TRAINER_BIN);
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    // From the workspace root, whatever the caller's directory: cargo reads
+    // `.cargo/config.toml` (where libtorch is) from where it runs.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--package", "mlp-train", "--bin"])
-        .arg(models::TRAINER_BIN)
-        .arg("--manifest-path")
-        .arg(&manifest);
+    cmd.current_dir(&root)
+        .args(["build", "--package", "mlp-train", "--bin"])
+        .arg(models::TRAINER_BIN);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
