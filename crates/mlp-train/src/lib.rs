@@ -13,7 +13,7 @@
 
 use std::io::{Read, Write};
 
-use mlp_wire::{Matrix, Reply, TrainRequest, Trained, WireError};
+use mlp_wire::{Matrix, Reply, TrainRequest, Trained, Training, WireError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -197,11 +197,13 @@ pub fn train(req: &TrainRequest) -> Result<Trained, String> {
     let weights = std::fs::read(&path).map_err(|e| e.to_string())?;
     Ok(Trained {
         weights,
-        epochs,
-        best_epoch: best.1,
-        best_val_loss: best.0,
-        device: format!("{device:?}"),
-        rows: n,
+        training: Training {
+            epochs,
+            best_epoch: best.1,
+            best_val_loss: best.0,
+            device: format!("{device:?}"),
+            rows: n,
+        },
     })
 }
 

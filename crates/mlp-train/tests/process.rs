@@ -53,9 +53,9 @@ fn serves_requests_in_turn_survives_a_bad_one_and_exits_when_input_closes() {
     let Reply::Trained(first) = ask(&good) else {
         panic!("the good request failed")
     };
-    assert_eq!(first.rows, 400);
-    assert!(first.epochs >= 1 && first.best_epoch <= first.epochs);
-    assert!(first.best_val_loss.is_finite());
+    assert_eq!(first.training.rows, 400);
+    assert!(first.training.epochs >= 1 && first.training.best_epoch <= first.training.epochs);
+    assert!(first.training.best_val_loss.is_finite());
     assert!(first.weights.len() > 8 * 2 * 4, "weights of the 2-8-1 net");
 
     // Missing hyper-parameters: a failed reply, and the trainer goes on.
@@ -82,7 +82,7 @@ fn serves_requests_in_turn_survives_a_bad_one_and_exits_when_input_closes() {
     let Reply::Trained(warmed) = ask(&warm) else {
         panic!("warm start failed")
     };
-    assert!(warmed.best_val_loss <= first.best_val_loss * 1.5);
+    assert!(warmed.training.best_val_loss <= first.training.best_val_loss * 1.5);
 
     drop(input);
     assert!(child.wait().unwrap().success());

@@ -78,22 +78,28 @@ pub struct TrainRequest {
     pub warm_start: Option<Vec<u8>>,
 }
 
-/// A finished training run.
+/// How a training run went (kept with the model: `models::MlpTraining`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trained {
-    /// The network's weights: a safetensors file (tch VarStore names).
-    #[serde(skip)]
-    pub weights: Vec<u8>,
+pub struct Training {
     /// Epochs run.
     pub epochs: usize,
     /// Epoch of the best validation loss (1-based).
     pub best_epoch: usize,
-    /// Best validation MSE.
+    /// Best validation MSE (log scale).
     pub best_val_loss: f64,
-    /// Device trained on.
+    /// Device used.
     pub device: String,
     /// Training rows.
     pub rows: usize,
+}
+
+/// A finished training run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trained {
+    /// The network's weights: a safetensors file (tch VarStore names).
+    pub weights: Vec<u8>,
+    /// How it went.
+    pub training: Training,
 }
 
 /// The trainer's answer to one request.
@@ -123,7 +129,7 @@ struct RequestHeader {
 #[serde(rename_all = "snake_case")]
 enum ReplyHeader {
     Trained {
-        trained: Trained,
+        training: Training,
         weights_bytes: u64,
     },
     Failed {
@@ -293,7 +299,7 @@ pub fn write_reply(w: &mut impl Write, reply: &Reply) -> Result<()> {
             write_frame(
                 w,
                 &ReplyHeader::Trained {
-                    trained: t.clone_without_weights(),
+                    training: t.training.clone(),
                     weights_bytes: t.weights.len() as u64,
                 },
             )?;
@@ -318,25 +324,12 @@ pub fn read_reply(r: &mut impl Read) -> Result<Reply> {
         )),
         Some(ReplyHeader::Failed { reason }) => Ok(Reply::Failed(reason)),
         Some(ReplyHeader::Trained {
-            mut trained,
+            training,
             weights_bytes,
-        }) => {
-            trained.weights = read_bytes(r, weights_bytes)?;
-            Ok(Reply::Trained(trained))
-        }
-    }
-}
-
-impl Trained {
-    fn clone_without_weights(&self) -> Self {
-        Self {
-            weights: Vec::new(),
-            epochs: self.epochs,
-            best_epoch: self.best_epoch,
-            best_val_loss: self.best_val_loss,
-            device: self.device.clone(),
-            rows: self.rows,
-        }
+        }) => Ok(Reply::Trained(Trained {
+            weights: read_bytes(r, weights_bytes)?,
+            training,
+        })),
     }
 }
 
@@ -376,11 +369,13 @@ mod tests {
 
         let ok = Reply::Trained(Trained {
             weights: vec![9; 1000],
-            epochs: 4,
-            best_epoch: 3,
-            best_val_loss: 0.25,
-            device: "Cpu".into(),
-            rows: 70_000,
+            training: Training {
+                epochs: 4,
+                best_epoch: 3,
+                best_val_loss: 0.25,
+                device: "Cpu".into(),
+                rows: 70_000,
+            },
         });
         let failed = Reply::Failed("validation loss became NaN".into());
         let mut buf = Vec::new();

@@ -140,20 +140,8 @@ impl MlpParams {
     }
 }
 
-/// How training went.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MlpTraining {
-    /// Epochs run.
-    pub epochs: usize,
-    /// Epoch of the best validation loss (1-based).
-    pub best_epoch: usize,
-    /// Best validation MSE (log scale).
-    pub best_val_loss: f64,
-    /// Device used.
-    pub device: String,
-    /// Training rows.
-    pub rows: usize,
-}
+/// How training went (the trainer reports it; kept in `model.json`).
+pub use mlp_wire::Training as MlpTraining;
 
 #[derive(Debug, Clone, PartialEq)]
 struct BatchNorm {

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use mlp_wire::{Matrix, Reply, TrainRequest};
 
-use crate::mlp::{MlpModel, MlpParams, MlpTraining};
+use crate::mlp::{MlpModel, MlpParams};
 use crate::{DesignMatrix, ModelError, Regressor, Result};
 
 /// Environment variable naming the trainer binary; without it the trainer is
@@ -174,13 +174,7 @@ pub(crate) fn train(
         Reply::Trained(t) => MlpModel::from_parts(
             p.clone(),
             train.feature_names.clone(),
-            MlpTraining {
-                epochs: t.epochs,
-                best_epoch: t.best_epoch,
-                best_val_loss: t.best_val_loss,
-                device: t.device,
-                rows: t.rows,
-            },
+            t.training,
             t.weights,
         ),
     }
