@@ -138,14 +138,7 @@ fn serve_binary() -> Result<PathBuf> {
             return Ok(beside);
         }
     }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "serve"])
-        .status()
-        .context("building the serve binary")?;
-    if !status.success() {
-        bail!("cargo build -p serve failed");
-    }
+    crate::cargo_build("serve", "serve", true, true)?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));

@@ -746,18 +746,10 @@ fn cmd_releases(out: &str, stockcode: Option<&str>, as_json: bool) -> Result<()>
 
 /// Runs the fault-injection suite (`xtask/tests/faults.rs`) with cargo.
 fn cmd_faults(filter: Option<&str>) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // The suite's pipelines train the MLP: its (debug) trainer beside the
     // test binaries, which `cargo test --package xtask` does not build.
-    let status = std::process::Command::new(&cargo)
-        .args(["build", "--quiet", "--package", "mlp-train", "--bin"])
-        .arg(models::TRAINER_BIN)
-        .status()
-        .context("building the MLP trainer")?;
-    if !status.success() {
-        bail!("building the MLP trainer failed ({status})");
-    }
-    let mut cmd = std::process::Command::new(cargo);
+    cargo_build("mlp-train", models::TRAINER_BIN, false, true)?;
+    let mut cmd = std::process::Command::new(cargo());
     cmd.args(["test", "--package", "xtask", "--test", "faults", "--"]);
     if let Some(f) = filter {
         cmd.arg(f);
@@ -766,6 +758,33 @@ fn cmd_faults(filter: Option<&str>) -> Result<()> {
     let status = cmd.status().context("running cargo test")?;
     if !status.success() {
         bail!("the fault-injection suite failed ({status})");
+    }
+    Ok(())
+}
+
+/// The cargo running this task (`$CARGO`), else `cargo` from `PATH`.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// Builds binary `bin` of `package` (release or debug profile), from the
+/// workspace root: cargo reads `.cargo/config.toml` (where libtorch is)
+/// from where it runs, whatever the caller's directory.
+fn cargo_build(package: &str, bin: &str, release: bool, quiet: bool) -> Result<()> {
+    let mut cmd = std::process::Command::new(cargo());
+    cmd.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+        .args(["build", "--package", package, "--bin", bin]);
+    if release {
+        cmd.arg("--release");
+    }
+    if quiet {
+        cmd.arg("--quiet");
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("building {bin} (cargo build -p {package})"))?;
+    if !status.success() {
+        bail!("building {bin} (cargo build -p {package}) failed: {status}");
     }
     Ok(())
 }

@@ -5,10 +5,9 @@
 //! the xtask package, so commands that may fit models first build the trainer
 //! into the same target directory (a no-op when it is current).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use pipeline::Stage;
 
 /// Whether a run that stops after `until` (all stages when `None`) reaches
@@ -25,37 +24,25 @@ pub fn ensure() -> Result<Option<PathBuf>> {
         return Ok(None);
     }
     // Outside cargo (an installed binary), the trainer is expected beside it.
-    let Some(cargo) = std::env::var_os("CARGO") else {
+    if std::env::var_os("CARGO").is_none() {
         return Ok(None);
-    };
-    let built = std::env::current_exe()?.with_file_name(models::TRAINER_BIN);
-    // From the workspace root, whatever the caller's directory: cargo reads
-    // `.cargo/config.toml` (where libtorch is) from where it runs.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--package", "mlp-train", "--bin"])
-        .arg(models::TRAINER_BIN);
-    if !cfg!(debug_assertions) {
-        cmd.arg("--release");
     }
+    let built = std::env::current_exe()?.with_file_name(models::TRAINER_BIN);
     // Quiet when it is only a freshness check; the first build (libtorch's
     // bindings: a few minutes) shows its progress.
-    if built.is_file() {
-        cmd.arg("--quiet");
-    } else {
+    let quiet = built.is_file();
+    if !quiet {
         eprintln!(
             "building the MLP trainer ({}, the one program that links libtorch)",
             models::TRAINER_BIN
         );
     }
-    let status = cmd.status().context("building the MLP trainer")?;
-    if !status.success() {
-        bail!(
-            "building the MLP trainer ({}) failed: {status}",
-            models::TRAINER_BIN
-        );
-    }
+    crate::cargo_build(
+        "mlp-train",
+        models::TRAINER_BIN,
+        !cfg!(debug_assertions),
+        quiet,
+    )?;
     if !built.is_file() {
         bail!(
             "built the MLP trainer, but it is not beside this binary at {} \
