@@ -203,3 +203,56 @@ async fn an_s3_store_works_inside_an_async_context() {
     // The runtime is still healthy.
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
 }
+
+/// A process started while a run held the local lock (the MLP trainer, a
+/// scheduled job, anything spawned in that instant before its `exec` closed
+/// the descriptor) shares the lock's open file. Ending the run must still
+/// free the store at once: the lock is released, not merely closed.
+#[test]
+fn a_child_sharing_the_lock_file_does_not_keep_the_store_locked() {
+    use std::os::fd::{BorrowedFd, OwnedFd};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::new(dir.path().join("s")).unwrap();
+    let lock = store
+        .lock("first run", std::time::Duration::from_secs(30))
+        .unwrap();
+    // Still held: a second run is refused, naming the first.
+    let err = store
+        .lock("second run", std::time::Duration::from_secs(30))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LineageError::Locked { holder, .. } if holder.contains("first run")),
+        "{err}"
+    );
+
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            target
+                .ends_with(".run.lock")
+                .then(|| e.file_name().to_str()?.parse::<i32>().ok())?
+        })
+        .next()
+        .expect("the held lock's file is open in this process");
+    #[allow(unsafe_code)]
+    // SAFETY: `fd` is the lock's file, open for as long as `lock` lives,
+    // which outlives this borrow (the clone is an independent descriptor).
+    let shared: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }
+        .try_clone_to_owned()
+        .unwrap();
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::from(shared))
+        .spawn()
+        .unwrap();
+
+    drop(lock);
+    let again = store.lock("second run", std::time::Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(again.is_ok(), "{:?}", again.err().map(|e| e.to_string()));
+}

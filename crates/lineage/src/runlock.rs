@@ -1,8 +1,9 @@
 //! The run lock: one pipeline, retrain, promote, rollback or gc per store at
 //! a time.
 //!
-//! - On a local store it is an exclusive `flock` on `<root>/.run.lock`: the
-//!   kernel releases it when the holder exits, however it exits.
+//! - On a local store it is an exclusive `flock` on `<root>/.run.lock`,
+//!   unlocked when the run ends; the kernel releases it when the holder
+//!   exits, however it exits.
 //! - On S3 it is a lease object (`locks/run.json`) created with a conditional
 //!   put (`If-None-Match: *`) and an expiry; the holder renews it every third
 //!   of its lifetime with `If-Match` on the lease's ETag. A crashed holder
@@ -127,7 +128,20 @@ impl RunLock {
     }
 }
 
-/// The local lock: the open, `flock`ed file. Closing it releases the lock.
-pub(crate) struct LocalLock(#[allow(dead_code)] pub(crate) std::fs::File);
+/// The local lock: the open, `flock`ed file.
+///
+/// Dropping it unlocks the file before closing it. Closing alone is not
+/// enough: a `flock` belongs to the open file, and a process spawned while the
+/// lock was held (the MLP trainer, in the instant between its fork and its
+/// `exec` closing inherited descriptors) shares that open file. The lock
+/// would then outlive the run that took it. If the holder dies instead, the
+/// kernel releases the lock when the last copy closes.
+pub(crate) struct LocalLock(pub(crate) std::fs::File);
 
 impl Release for LocalLock {}
+
+impl Drop for LocalLock {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
