@@ -5,10 +5,13 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use etl::{Transactions, civil_from_micros, format_micros, micros_from_civil};
-use polars::prelude::DataFrame;
+use polars::prelude::{DataFrame, IdxCa, IdxSize, StringChunked};
 use serde::{Deserialize, Serialize};
 
-use crate::table::{FeatureTable, NUMERIC_FEATURES, ProductContexts, ProductSummary, SummaryRow};
+use crate::table::{
+    DERIVED_FEATURES, FeatureTable, ID_COLUMNS, NUMERIC_FEATURES, ProductContexts, ProductSummary,
+    SummaryRow,
+};
 use crate::{FeatureError, Result};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -140,13 +143,19 @@ pub fn price_features(price: f64, reference: &PriceRef) -> (f64, f64, f64, f64, 
             1.0
         }
     };
+    let (squared, log1p) = price_transforms(price);
     (
         rel(reference.max),
         rel(reference.mean),
         rel(reference.median),
-        price * price,
-        price.ln_1p(),
+        squared,
+        log1p,
     )
+}
+
+/// `(price², ln(1 + price))`.
+pub(crate) fn price_transforms(price: f64) -> (f64, f64) {
+    (price * price, price.ln_1p())
 }
 
 /// What the features stage reports.
@@ -275,12 +284,15 @@ fn year_month(ts: i64) -> i32 {
     y * 12 + m as i32 - 1
 }
 
-/// Dense ids for the distinct values of a column, in first-seen order.
-fn intern<'a>(values: impl Iterator<Item = &'a str>) -> (Vec<u32>, Vec<&'a str>) {
+/// Dense ids for the distinct values of a column (a missing value is ""),
+/// in first-seen order.
+fn intern(values: &StringChunked) -> (Vec<u32>, Vec<&str>) {
     let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
     let mut names: Vec<&str> = Vec::new();
     let col = values
+        .iter()
         .map(|v| {
+            let v = v.unwrap_or("");
             *ids.entry(v).or_insert_with(|| {
                 names.push(v);
                 (names.len() - 1) as u32
@@ -328,6 +340,41 @@ fn mode_per_product(mut pairs: Vec<u64>, names: &[&str], n_products: usize) -> V
     best.into_iter().map(|b| b.map(|(v, _)| v)).collect()
 }
 
+/// Runs `a` here and `b` on a thread of its own, and returns both results.
+fn join<A, B: Send>(a: impl FnOnce() -> A, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|s| {
+        let b = s.spawn(b);
+        let a = a();
+        (a, b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
+}
+
+/// How many of [`NUMERIC_FEATURES`] the row loop computes (the rest are
+/// [`DERIVED_FEATURES`]).
+const STORED: usize = NUMERIC_FEATURES.len() - DERIVED_FEATURES.len();
+
+/// What the row loop counts, per chunk of rows.
+#[derive(Debug, Default)]
+struct RowTally {
+    prev_known: usize,
+    registered: usize,
+    rows_per_part: [u64; 3],
+}
+
+impl RowTally {
+    fn add(self, other: Self) -> Self {
+        let mut rows_per_part = self.rows_per_part;
+        for (a, b) in rows_per_part.iter_mut().zip(other.rows_per_part) {
+            *a += b;
+        }
+        Self {
+            prev_known: self.prev_known + other.prev_known,
+            registered: self.registered + other.registered,
+            rows_per_part,
+        }
+    }
+}
+
 /// Per-customer invoice history: sorted timestamps and prefix sums of spend.
 struct CustomerHistory {
     ts: Vec<i64>,
@@ -351,23 +398,34 @@ pub fn build_features(
             "features.customer_window_days must be > 0".into(),
         ));
     }
-    let v = tx.view()?;
+    let df = tx.dataframe();
     let n = tx.len();
     if n == 0 {
         return Err(FeatureError::NoData(
             "the transactions table is empty".into(),
         ));
     }
+    let ts = df
+        .column("invoice_date")?
+        .datetime()?
+        .physical()
+        .cont_slice()?;
+    let quantity = df.column("quantity")?.i64()?.cont_slice()?;
+    let unit_price = df.column("unit_price")?.f64()?.cont_slice()?;
+    let customer_id: Vec<Option<i64>> = df.column("customer_id")?.i64()?.iter().collect();
+    let text = |name: &str| -> Result<&StringChunked> { Ok(df.column(name)?.str()?) };
+    let (codes, invoices) = (text("stock_code")?, text("invoice_no")?);
+    let (countries, descriptions) = (text("country")?, text("description")?);
 
     // Time order (stable on ties).
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by_key(|&i| v.ts[i]);
+    order.sort_by_key(|&i| ts[i]);
 
     // Dense ids for products, invoices, countries and descriptions.
-    let (pid, product_names) = intern(v.stock_code.iter().copied());
-    let (inv, _) = intern(v.invoice_no.iter().copied());
-    let (cid, country_names) = intern(v.country.iter().copied());
-    let (did, desc_names) = intern(v.description.iter().map(|d| d.unwrap_or("")));
+    let (((pid, product_names), (cid, country_names)), ((inv, _), (did, desc_names))) = join(
+        || (intern(codes), intern(countries)),
+        || (intern(invoices), intern(descriptions)),
+    );
     let n_products = product_names.len();
     let selected: Option<u32> = match stockcode {
         None => None,
@@ -383,18 +441,18 @@ pub fn build_features(
     };
     let keep = |i: usize| selected.is_none_or(|p| pid[i] == p);
     let out_order: Vec<usize> = order.iter().copied().filter(|&i| keep(i)).collect();
-    let out_ts: Vec<i64> = out_order.iter().map(|&i| v.ts[i]).collect();
+    let out_ts: Vec<i64> = out_order.iter().map(|&i| ts[i]).collect();
     let window = window_for(&out_ts, &params.split)?;
 
     // Monthly quantity per product, in a dense (product, month) grid.
-    let ym: Vec<i32> = v.ts.iter().map(|&t| year_month(t)).collect();
+    let ym: Vec<i32> = ts.iter().map(|&t| year_month(t)).collect();
     let ym_min = ym.iter().copied().min().unwrap_or(0);
     let ym_max = ym.iter().copied().max().unwrap_or(0);
     let n_months = (ym_max - ym_min + 1) as usize;
     let mut monthly = vec![0.0f64; n_products * n_months];
     let month_slot = |p: u32, m: i32| p as usize * n_months + (m - ym_min) as usize;
     for i in 0..n {
-        monthly[month_slot(pid[i], ym[i])] += v.quantity[i] as f64;
+        monthly[month_slot(pid[i], ym[i])] += quantity[i] as f64;
     }
     let monthly_quantity = |p: u32, m: i32| {
         if m < ym_min || m > ym_max {
@@ -409,9 +467,9 @@ pub fn build_features(
     let mut train_pairs: Vec<u64> = Vec::new();
     let mut all_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
     for i in 0..n {
-        all_prices[pid[i] as usize].push(v.unit_price[i]);
-        if v.ts[i] < window.train_end {
-            train_prices[pid[i] as usize].push(v.unit_price[i]);
+        all_prices[pid[i] as usize].push(unit_price[i]);
+        if ts[i] < window.train_end {
+            train_prices[pid[i] as usize].push(unit_price[i]);
             train_pairs.push(pack(pid[i], inv[i]));
         }
     }
@@ -446,9 +504,9 @@ pub fn build_features(
     let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
     let mut invoice_agg: Vec<Option<(i64, i64, f64)>> = vec![None; n_invoices];
     for i in 0..n {
-        if let Some(c) = v.customer_id[i] {
-            let e = invoice_agg[inv[i] as usize].get_or_insert((c, v.ts[i], 0.0));
-            e.2 += v.quantity[i] as f64 * v.unit_price[i];
+        if let Some(c) = customer_id[i] {
+            let e = invoice_agg[inv[i] as usize].get_or_insert((c, ts[i], 0.0));
+            e.2 += quantity[i] as f64 * unit_price[i];
         }
     }
     let mut per_customer: FxHashMap<i64, Vec<(i64, f64)>> = FxHashMap::default();
@@ -478,81 +536,98 @@ pub fn build_features(
     let window_us = params.customer_window_days * MICROS_PER_DAY;
     let window_days = params.customer_window_days as f64;
 
-    // Row features, in time order.
+    // Row features, in time order, computed in chunks on every core.
     let m = out_order.len();
-    let mut numeric: Vec<Vec<f64>> = (0..NUMERIC_FEATURES.len())
-        .map(|_| Vec::with_capacity(m))
-        .collect();
-    let mut prev_known = 0usize;
-    let mut registered = 0usize;
-    let mut rows_per_part = [0u64; 3];
-    for &i in &out_order {
-        let t = v.ts[i];
+    let row = |i: usize, tally: &mut RowTally| -> [f64; STORED] {
+        let t = ts[i];
         let p = pid[i];
-        let price = v.unit_price[i];
-        let (y, mo, _, dow) = civil_from_micros(t);
+        let price = unit_price[i];
         let prev = monthly_quantity(p, ym[i] - 1);
         if prev > 0.0 {
-            prev_known += 1;
+            tally.prev_known += 1;
         }
-        let (rel_max, rel_mean, rel_median, sq, lp) = price_features(price, &refs[p as usize]);
-        let (reg, recency, freq, monetary) = match v.customer_id[i] {
-            None => (0.0, window_days, 0.0, 0.0),
+        let (rel_max, rel_mean, rel_median, _, _) = price_features(price, &refs[p as usize]);
+        let (recency, freq, monetary) = match customer_id[i] {
+            None => (window_days, 0.0, 0.0),
             Some(c) => {
-                registered += 1;
+                tally.registered += 1;
                 match histories.get(&c) {
-                    None => (1.0, window_days, 0.0, 0.0),
+                    None => (window_days, 0.0, 0.0),
                     Some(h) => {
                         let hi = h.ts.partition_point(|&x| x < t);
                         let lo = h.ts.partition_point(|&x| x < t - window_us);
                         if hi > lo {
                             let recency = (t - h.ts[hi - 1]) as f64 / MICROS_PER_DAY as f64;
                             (
-                                1.0,
                                 recency,
                                 (hi - lo) as f64,
                                 h.spend_prefix[hi] - h.spend_prefix[lo],
                             )
                         } else {
-                            (1.0, window_days, 0.0, 0.0)
+                            (window_days, 0.0, 0.0)
                         }
                     }
                 }
             }
         };
-        rows_per_part[window.part_of(t)] += 1;
-        let values = [
+        tally.rows_per_part[window.part_of(t)] += 1;
+        // The features that are not derived, in `NUMERIC_FEATURES` order.
+        [
             price,
-            f64::from(y),
-            f64::from(mo),
-            f64::from(dow),
             prev,
             rel_max,
             rel_mean,
             rel_median,
-            sq,
-            lp,
             popularity[p as usize],
-            reg,
             recency,
             freq,
             monetary,
-            (v.quantity[i] as f64).ln_1p(),
-        ];
-        for (col, value) in numeric.iter_mut().zip(values) {
-            col.push(value);
+        ]
+    };
+    let mut stored: Vec<Vec<f64>> = vec![vec![0.0; m]; STORED];
+    let chunk = m
+        .div_ceil(std::thread::available_parallelism().map_or(1, |c| c.get()))
+        .max(1);
+    let mut chunks: Vec<Vec<&mut [f64]>> = (0..m.div_ceil(chunk)).map(|_| Vec::new()).collect();
+    for col in &mut stored {
+        for (k, part) in col.chunks_mut(chunk).enumerate() {
+            chunks[k].push(part);
         }
     }
+    let fill = |rows: &[usize], mut cols: Vec<&mut [f64]>| {
+        let mut tally = RowTally::default();
+        for (j, &i) in rows.iter().enumerate() {
+            for (col, value) in cols.iter_mut().zip(row(i, &mut tally)) {
+                col[j] = value;
+            }
+        }
+        tally
+    };
+    let tally = std::thread::scope(|s| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .zip(out_order.chunks(chunk))
+            .map(|(cols, rows)| s.spawn(move || fill(rows, cols)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .fold(RowTally::default(), RowTally::add)
+    });
+    let (prev_known, registered, rows_per_part) =
+        (tally.prev_known, tally.registered, tally.rows_per_part);
 
-    let table = FeatureTable::from_parts(
-        out_order.iter().map(|&i| v.invoice_no[i]).collect(),
-        out_order.iter().map(|&i| v.stock_code[i]).collect(),
-        out_ts.clone(),
-        out_order.iter().map(|&i| v.customer_id[i]).collect(),
-        out_order.iter().map(|&i| v.country[i]).collect(),
-        out_order.iter().map(|&i| v.quantity[i]).collect(),
-        numeric,
-    )?;
+    let ids = df.select(ID_COLUMNS)?;
+    let ids = if out_order.iter().enumerate().all(|(k, &i)| k == i) {
+        ids
+    } else {
+        let idx = IdxCa::from_vec(
+            "idx".into(),
+            out_order.iter().map(|&i| i as IdxSize).collect(),
+        );
+        ids.take(&idx)?
+    };
+    let table = FeatureTable::from_parts(ids, stored)?;
 
     // Per-product summary and recent contexts (output products only).
     let last_ym = ym_max;
@@ -679,6 +754,30 @@ mod tests {
             rows.iter().map(|_| "United Kingdom").collect(),
         )
         .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_row_loop_writes_the_stored_features_in_table_order() {
+        let stored: Vec<&str> = NUMERIC_FEATURES
+            .iter()
+            .copied()
+            .filter(|n| !DERIVED_FEATURES.contains(n))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                "unit_price",
+                "prev_month_quantity",
+                "price_rel_max",
+                "price_rel_mean",
+                "price_rel_median",
+                "product_popularity",
+                "cust_recency_days",
+                "cust_frequency",
+                "cust_monetary",
+            ]
+        );
+        assert_eq!(stored.len(), STORED);
     }
 
     #[test]

@@ -38,7 +38,10 @@ pub use preprocess::{
     NumericColumn, PreprocessParams, Preprocessor, Scaling, TargetEncoding, Transform,
 };
 pub use split::{DesignMatrix, SplitFiles, SplitParts, SplitReport, split, split_parquet};
-pub use table::{FeatureRow, FeatureTable, ProductContexts, ProductSummary, RowSource, SummaryRow};
+pub use table::{
+    DERIVED_FEATURES, FeatureRow, FeatureTable, ID_COLUMNS, NUMERIC_FEATURES, ProductContexts,
+    ProductSummary, RowSource, SummaryRow, derived_features,
+};
 
 /// Errors of the features and split stages.
 #[derive(Debug, thiserror::Error)]

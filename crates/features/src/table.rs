@@ -24,6 +24,104 @@ pub const NUMERIC_FEATURES: [&str; 16] = [
     "target",
 ];
 
+/// The entries of [`NUMERIC_FEATURES`] that are each a function of one
+/// stored column: the calendar fields of `invoice_date`, the price
+/// transforms of `unit_price`, `is_registered` (a known `customer_id`) and
+/// `target` (ln(1 + `quantity`)). Parquet files leave them out (they are
+/// almost half of the float columns); a [`FeatureTable`] computes them, by
+/// [`derived_features`], when it is built and when it is read.
+pub const DERIVED_FEATURES: [&str; 7] = [
+    "year",
+    "month",
+    "day_of_week",
+    "price_squared",
+    "log1p_price",
+    "is_registered",
+    "target",
+];
+
+/// The columns a [`FeatureTable`] holds besides [`NUMERIC_FEATURES`], in
+/// order: the row's identity and what the derived features come from.
+pub const ID_COLUMNS: [&str; 6] = [
+    "invoice_no",
+    "stock_code",
+    "invoice_date",
+    "customer_id",
+    "country",
+    "quantity",
+];
+
+/// The derived features of one row, in [`DERIVED_FEATURES`] order. The only
+/// definition of them: the features stage and every reader of its files
+/// compute them here.
+///
+/// ```
+/// // 2010-12-01 08:26:00 (a Wednesday), 2.55 a unit, a registered customer, 6 units.
+/// let d = features::derived_features(1_291_191_960_000_000, 2.55, true, 6);
+/// assert_eq!(d[..3], [2010.0, 12.0, 2.0]);
+/// assert_eq!(d[6], 7f64.ln());
+/// ```
+pub fn derived_features(
+    invoice_date_us: i64,
+    unit_price: f64,
+    registered: bool,
+    quantity: i64,
+) -> [f64; 7] {
+    let (year, month, _, day_of_week) = etl::civil_from_micros(invoice_date_us);
+    let (squared, log1p) = crate::engineer::price_transforms(unit_price);
+    [
+        f64::from(year),
+        f64::from(month),
+        f64::from(day_of_week),
+        squared,
+        log1p,
+        if registered { 1.0 } else { 0.0 },
+        (quantity as f64).ln_1p(),
+    ]
+}
+
+/// Adds the [`DERIVED_FEATURES`] a frame lacks (all of them for a file the
+/// features stage wrote; none for one written before they were left out),
+/// and puts the columns in their canonical order: the others as they were,
+/// then [`NUMERIC_FEATURES`].
+fn with_derived(mut df: DataFrame) -> Result<DataFrame> {
+    let has = |df: &DataFrame, name: &str| df.get_column_index(name).is_some();
+    let missing: Vec<usize> = (0..DERIVED_FEATURES.len())
+        .filter(|&k| !has(&df, DERIVED_FEATURES[k]))
+        .collect();
+    if !missing.is_empty() {
+        df.rechunk_mut();
+        let ts = df
+            .column("invoice_date")?
+            .datetime()?
+            .physical()
+            .cont_slice()?;
+        let price = f64_col(&df, "unit_price")?;
+        let customer = df.column("customer_id")?.i64()?;
+        let quantity = df.column("quantity")?.i64()?.cont_slice()?;
+        let mut cols = vec![Vec::with_capacity(df.height()); DERIVED_FEATURES.len()];
+        let rows = ts.iter().zip(price).zip(customer.iter()).zip(quantity);
+        for (((&t, &p), c), &q) in rows {
+            let values = derived_features(t, p, c.is_some(), q);
+            for &k in &missing {
+                cols[k].push(values[k]);
+            }
+        }
+        for &k in &missing {
+            let values = std::mem::take(&mut cols[k]);
+            df.with_column(Column::new(DERIVED_FEATURES[k].into(), values))?;
+        }
+    }
+    let order: Vec<PlSmallStr> = df
+        .get_column_names()
+        .into_iter()
+        .filter(|n| !NUMERIC_FEATURES.contains(&n.as_str()))
+        .cloned()
+        .chain(NUMERIC_FEATURES.iter().map(|&n| n.into()))
+        .collect();
+    Ok(df.select(order)?)
+}
+
 /// One row of features, as training and serving see it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FeatureRow<'a> {
@@ -155,36 +253,24 @@ fn strs<'a>(df: &'a DataFrame, name: &str) -> Result<Vec<&'a str>> {
 }
 
 impl FeatureTable {
-    /// Builds the table; `numeric` holds one vector per [`NUMERIC_FEATURES`] entry.
-    pub(crate) fn from_parts(
-        invoice_no: Vec<&str>,
-        stock_code: Vec<&str>,
-        ts: Vec<i64>,
-        customer_id: Vec<Option<i64>>,
-        country: Vec<&str>,
-        quantity: Vec<i64>,
-        numeric: Vec<Vec<f64>>,
-    ) -> Result<Self> {
-        let height = invoice_no.len();
-        let mut cols: Vec<polars::prelude::Column> = vec![
-            Series::new("invoice_no".into(), invoice_no).into(),
-            Series::new("stock_code".into(), stock_code).into(),
-            Int64Chunked::from_vec("invoice_date".into(), ts)
-                .into_datetime(TimeUnit::Microseconds, None)
-                .into_series()
-                .into(),
-            Series::new("customer_id".into(), customer_id).into(),
-            Series::new("country".into(), country).into(),
-            Series::new("quantity".into(), quantity).into(),
-        ];
-        for (name, values) in NUMERIC_FEATURES.iter().zip(numeric) {
-            cols.push(Series::new((*name).into(), values).into());
+    /// Builds the table from the [`ID_COLUMNS`] (a frame of them) and one
+    /// vector per [`NUMERIC_FEATURES`] entry that is not derived, in order;
+    /// the [`DERIVED_FEATURES`] are computed.
+    pub(crate) fn from_parts(ids: DataFrame, stored: Vec<Vec<f64>>) -> Result<Self> {
+        let mut df = ids.select(ID_COLUMNS)?;
+        let names = NUMERIC_FEATURES
+            .iter()
+            .filter(|n| !DERIVED_FEATURES.contains(n));
+        for (name, values) in names.zip(stored) {
+            df.with_column(Column::new((*name).into(), values))?;
         }
-        Self::from_dataframe(DataFrame::new(height, cols)?)
+        Self::from_dataframe(df)
     }
 
-    /// Wraps a frame after checking the columns.
-    pub fn from_dataframe(mut df: DataFrame) -> Result<Self> {
+    /// Wraps a frame after checking the columns; the [`DERIVED_FEATURES`] it
+    /// lacks are computed.
+    pub fn from_dataframe(df: DataFrame) -> Result<Self> {
+        let mut df = with_derived(df)?;
         for name in ["invoice_no", "stock_code", "country"] {
             if !matches!(df.column(name)?.dtype(), DataType::String) {
                 return Err(FeatureError::Artifact(format!(
@@ -272,9 +358,16 @@ impl FeatureTable {
         Ok((0..src.len()).map(|i| src.row(i)).collect())
     }
 
-    /// Parquet bytes.
+    /// Parquet bytes, without the [`DERIVED_FEATURES`] (reading computes them).
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
-        Ok(etl::write_parquet(&self.df)?)
+        let stored: Vec<PlSmallStr> = self
+            .df
+            .get_column_names()
+            .into_iter()
+            .filter(|n| !DERIVED_FEATURES.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        Ok(etl::write_parquet(&self.df.select(stored)?)?)
     }
 
     /// Reads and checks parquet bytes.

@@ -180,3 +180,44 @@ fn invalid_split_params_are_rejected_with_a_message() {
             .contains("YYYY-MM-DD")
     );
 }
+
+#[test]
+fn the_feature_table_file_leaves_out_derived_columns_and_reading_restores_them() {
+    let out = outputs();
+    let table = &out.table;
+    let bytes = table.to_parquet().unwrap();
+    let stored = etl::read_parquet(&bytes).unwrap();
+    for name in features::DERIVED_FEATURES {
+        assert!(stored.get_column_index(name).is_none(), "{name} stored");
+    }
+    let back = features::FeatureTable::from_parquet(&bytes).unwrap();
+    assert!(back.dataframe().equals_missing(table.dataframe()));
+    // A file written with every column (before they were left out) reads the same.
+    let full = etl::write_parquet(table.dataframe()).unwrap();
+    let old = features::FeatureTable::from_parquet(&full).unwrap();
+    assert!(old.dataframe().equals_missing(table.dataframe()));
+    // The derived columns are what their names say.
+    let col = |n: &str| table.numeric(n).unwrap();
+    let df = table.dataframe();
+    let quantity = df.column("quantity").unwrap().i64().unwrap();
+    let customer = df.column("customer_id").unwrap().i64().unwrap();
+    let price = col("unit_price");
+    assert!(customer.null_count() > 0 && customer.null_count() < table.len());
+    for (i, &p) in price.iter().enumerate() {
+        assert_eq!(col("price_squared")[i], p * p);
+        assert_eq!(col("log1p_price")[i], p.ln_1p());
+        assert_eq!(col("target")[i], (quantity.get(i).unwrap() as f64).ln_1p());
+        let registered = if customer.get(i).is_some() { 1.0 } else { 0.0 };
+        assert_eq!(col("is_registered")[i], registered);
+        assert!((1.0..=12.0).contains(&col("month")[i]));
+        assert!((0.0..=6.0).contains(&col("day_of_week")[i]));
+    }
+    // The columns keep their order: ids, then the numeric features.
+    let names: Vec<&str> = df.get_column_names().iter().map(|n| n.as_str()).collect();
+    let expected: Vec<&str> = features::ID_COLUMNS
+        .iter()
+        .chain(features::NUMERIC_FEATURES.iter())
+        .copied()
+        .collect();
+    assert_eq!(names, expected);
+}
