@@ -584,36 +584,9 @@ pub fn build_features(
             monetary,
         ]
     };
-    let mut stored: Vec<Vec<f64>> = vec![vec![0.0; m]; STORED];
-    let chunk = m
-        .div_ceil(std::thread::available_parallelism().map_or(1, |c| c.get()))
-        .max(1);
-    let mut chunks: Vec<Vec<&mut [f64]>> = (0..m.div_ceil(chunk)).map(|_| Vec::new()).collect();
-    for col in &mut stored {
-        for (k, part) in col.chunks_mut(chunk).enumerate() {
-            chunks[k].push(part);
-        }
-    }
-    let fill = |rows: &[usize], mut cols: Vec<&mut [f64]>| {
-        let mut tally = RowTally::default();
-        for (j, &i) in rows.iter().enumerate() {
-            for (col, value) in cols.iter_mut().zip(row(i, &mut tally)) {
-                col[j] = value;
-            }
-        }
-        tally
-    };
-    let tally = std::thread::scope(|s| {
-        let handles: Vec<_> = chunks
-            .into_iter()
-            .zip(out_order.chunks(chunk))
-            .map(|(cols, rows)| s.spawn(move || fill(rows, cols)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .fold(RowTally::default(), RowTally::add)
-    });
+    let (stored, tallies) =
+        crate::par::fill_columns::<STORED, RowTally>(m, |j, tally| row(out_order[j], tally));
+    let tally = tallies.into_iter().fold(RowTally::default(), RowTally::add);
     let (prev_known, registered, rows_per_part) =
         (tally.prev_known, tally.registered, tally.rows_per_part);
 

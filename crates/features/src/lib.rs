@@ -26,6 +26,7 @@
 //! ```
 
 mod engineer;
+mod par;
 mod preprocess;
 mod split;
 mod table;

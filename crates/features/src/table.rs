@@ -97,16 +97,16 @@ fn with_derived(mut df: DataFrame) -> Result<DataFrame> {
             .physical()
             .cont_slice()?;
         let price = f64_col(&df, "unit_price")?;
-        let customer = df.column("customer_id")?.i64()?;
+        let registered: Vec<bool> = df
+            .column("customer_id")?
+            .i64()?
+            .iter()
+            .map(|c| c.is_some())
+            .collect();
         let quantity = df.column("quantity")?.i64()?.cont_slice()?;
-        let mut cols = vec![Vec::with_capacity(df.height()); DERIVED_FEATURES.len()];
-        let rows = ts.iter().zip(price).zip(customer.iter()).zip(quantity);
-        for (((&t, &p), c), &q) in rows {
-            let values = derived_features(t, p, c.is_some(), q);
-            for &k in &missing {
-                cols[k].push(values[k]);
-            }
-        }
+        let (mut cols, _) = crate::par::fill_columns(df.height(), |i, _: &mut ()| {
+            derived_features(ts[i], price[i], registered[i], quantity[i])
+        });
         for &k in &missing {
             let values = std::mem::take(&mut cols[k]);
             df.with_column(Column::new(DERIVED_FEATURES[k].into(), values))?;
