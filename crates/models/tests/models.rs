@@ -73,6 +73,32 @@ fn baseline_elastic_net_svr_and_lightgbm_round_trip_exactly() {
 }
 
 #[test]
+fn svr_batch_predictions_match_linfa_row_by_row() {
+    let p = parts();
+    let svr = SvrParams {
+        max_train_rows: 400,
+        ..Default::default()
+    }
+    .fit(&p.train)
+    .unwrap();
+    // More rows than one block, and a short last block.
+    let x = ndarray::concatenate(ndarray::Axis(0), &[p.val.x.view(), p.test.x.view()]).unwrap();
+    assert!(x.nrows() > 700, "{}", x.nrows());
+    let fast = svr.predict(x.view()).unwrap();
+    let reference = svr.predict_reference(x.view()).unwrap();
+    let worst = fast
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(worst < 1e-9, "largest difference {worst}");
+    assert!(reference.iter().any(|v| (v - reference[0]).abs() > 1e-3));
+    // The same after a save and load.
+    let back = load_model(ModelKind::Svr, &svr.to_files().unwrap()).unwrap();
+    assert_eq!(back.predict(x.view()).unwrap(), fast);
+}
+
+#[test]
 fn lightgbm_beats_the_per_product_baseline_on_synthetic_data() {
     let p = parts();
     let base = evaluate(&BaselineParams::default().fit(&p.train).unwrap(), &p.test).unwrap();
