@@ -253,59 +253,83 @@ pub fn detect(
     })
 }
 
-/// Keys for counting categories of either kind.
-#[derive(Debug, Clone, PartialEq, PartialOrd)]
-enum Key {
+/// Keys for counting categories of either kind (categories borrowed from
+/// their column: no per-row copies).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+enum Key<'a> {
     Num(f64),
-    Cat(String),
+    Cat(&'a str),
 }
 
-fn sorted_counts(reference: &[Key], current: &[Key]) -> (Vec<Key>, Vec<(f64, f64)>) {
-    let cmp = |a: &Key, b: &Key| match (a, b) {
+fn key_cmp(a: &Key<'_>, b: &Key<'_>) -> std::cmp::Ordering {
+    match (a, b) {
         (Key::Num(x), Key::Num(y)) => x.total_cmp(y),
         (Key::Cat(x), Key::Cat(y)) => x.cmp(y),
         (Key::Num(_), Key::Cat(_)) => std::cmp::Ordering::Less,
         (Key::Cat(_), Key::Num(_)) => std::cmp::Ordering::Greater,
-    };
-    let mut keys: Vec<Key> = reference.iter().chain(current).cloned().collect();
-    keys.sort_by(cmp);
-    keys.dedup_by(|a, b| cmp(a, b).is_eq());
-    let count = |data: &[Key]| {
-        let mut sorted: Vec<&Key> = data.iter().collect();
-        sorted.sort_by(|a, b| cmp(a, b));
-        let mut out = vec![0.0; keys.len()];
-        let mut k = 0;
-        for v in sorted {
-            while !cmp(&keys[k], v).is_eq() {
-                k += 1;
-            }
-            out[k] += 1.0;
-        }
-        out
-    };
-    let (r, c) = (count(reference), count(current));
-    (keys, r.into_iter().zip(c).collect())
+    }
 }
 
-fn label(k: &Key) -> String {
+/// The distinct keys of both samples, sorted, with each one's count in the
+/// reference and in the current sample: each sample sorted once, then merged.
+fn sorted_counts<'a>(
+    reference: &[Key<'a>],
+    current: &[Key<'a>],
+) -> (Vec<Key<'a>>, Vec<(f64, f64)>) {
+    let sorted = |data: &[Key<'a>]| {
+        let mut v = data.to_vec();
+        v.sort_unstable_by(key_cmp);
+        v
+    };
+    let (r, c) = (sorted(reference), sorted(current));
+    let (mut i, mut j) = (0, 0);
+    let (mut keys, mut counts) = (Vec::new(), Vec::new());
+    loop {
+        let next = match (r.get(i), c.get(j)) {
+            (Some(a), Some(b)) => {
+                if key_cmp(a, b).is_le() {
+                    *a
+                } else {
+                    *b
+                }
+            }
+            (Some(a), None) => *a,
+            (None, Some(b)) => *b,
+            (None, None) => break,
+        };
+        let run = |v: &[Key<'a>], at: &mut usize| {
+            let start = *at;
+            while *at < v.len() && key_cmp(&v[*at], &next).is_eq() {
+                *at += 1;
+            }
+            (*at - start) as f64
+        };
+        let (rc, cc) = (run(&r, &mut i), run(&c, &mut j));
+        keys.push(next);
+        counts.push((rc, cc));
+    }
+    (keys, counts)
+}
+
+fn label(k: &Key<'_>) -> String {
     match k {
         Key::Num(v) => format!("{v}"),
-        Key::Cat(s) => s.clone(),
+        Key::Cat(s) => (*s).to_string(),
     }
 }
 
 fn column_drift(r: &Column, c: &Column, params: &DriftParams) -> Result<ColumnDrift> {
     let numeric = matches!(r.values, Values::Numerical(_));
-    let keys = |v: &Values| -> Vec<Key> {
+    fn keys(v: &Values) -> Vec<Key<'_>> {
         match v {
             Values::Numerical(x) => x
                 .iter()
                 .filter(|v| v.is_finite())
                 .map(|&v| Key::Num(v))
                 .collect(),
-            Values::Categorical(x) => x.iter().map(|s| Key::Cat(s.clone())).collect(),
+            Values::Categorical(x) => x.iter().map(|s| Key::Cat(s.as_str())).collect(),
         }
-    };
+    }
     let (rk, ck) = (keys(&r.values), keys(&c.values));
     if rk.is_empty() {
         return Err(DriftError::EmptyColumn {
@@ -337,7 +361,7 @@ fn column_drift(r: &Column, c: &Column, params: &DriftParams) -> Result<ColumnDr
             StatTest::JensenShannon
         }
     });
-    let nums = |k: &[Key]| -> Vec<f64> {
+    let nums = |k: &[Key<'_>]| -> Vec<f64> {
         k.iter()
             .filter_map(|k| match k {
                 Key::Num(v) => Some(*v),
@@ -464,5 +488,27 @@ fn binned_shares(
             counts.iter().map(|c| c.0 / n_ref as f64).collect(),
             counts.iter().map(|c| c.1 / n_cur).collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_counts_merges_both_samples_distinct_values() {
+        let num = |v: &[f64]| v.iter().map(|&x| Key::Num(x)).collect::<Vec<_>>();
+        let (keys, counts) = sorted_counts(&num(&[3.0, 1.0, 3.0, 2.0]), &num(&[4.0, 3.0, 0.5]));
+        assert_eq!(keys, num(&[0.5, 1.0, 2.0, 3.0, 4.0]));
+        assert_eq!(
+            counts,
+            [(0.0, 1.0), (1.0, 0.0), (1.0, 0.0), (2.0, 1.0), (0.0, 1.0)]
+        );
+        let cat = |v: &[&'static str]| v.iter().map(|&x| Key::Cat(x)).collect::<Vec<_>>();
+        let (keys, counts) = sorted_counts(&cat(&["b", "a", "b"]), &cat(&[]));
+        assert_eq!(keys, cat(&["a", "b"]));
+        assert_eq!(counts, [(1.0, 0.0), (2.0, 0.0)]);
+        let (keys, counts) = sorted_counts(&[], &[]);
+        assert!(keys.is_empty() && counts.is_empty());
     }
 }

@@ -68,8 +68,18 @@ pub fn feature_columns(
                 rows.iter().map(|&i| c[i].to_string()).collect()
             }
             other => {
+                // A numeric column read as categories (`is_registered`):
+                // each distinct value formatted once.
                 let col = table.numeric(other)?;
-                rows.iter().map(|&i| format!("{}", col[i])).collect()
+                let mut labels: std::collections::HashMap<u64, String> = Default::default();
+                rows.iter()
+                    .map(|&i| {
+                        labels
+                            .entry(col[i].to_bits())
+                            .or_insert_with(|| format!("{}", col[i]))
+                            .clone()
+                    })
+                    .collect()
             }
         };
         out.push(Column::categorical(name, values));
