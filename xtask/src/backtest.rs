@@ -39,6 +39,10 @@ pub struct Backtest {
     pub out: Option<PathBuf>,
     /// Print JSON.
     pub json: bool,
+    /// Param overrides (`KEY=VALUE`, as `pipeline --set` takes them) on
+    /// top of the backtest's params ([`pipeline::smoke_params`]): how a
+    /// setting is judged by the prices it recommends.
+    pub set: Vec<String>,
 }
 
 /// One product's scores.
@@ -132,11 +136,11 @@ fn captured(value: impl Fn(f64) -> f64, usual: f64, best: f64, recommended: f64)
 }
 
 /// Runs the pipeline on one market and scores every product.
-fn score(market: &Market, dir: &std::path::Path) -> Result<MarketScore> {
+fn score(market: &Market, dir: &std::path::Path, params: &lineage::Params) -> Result<MarketScore> {
     let raw = dir.join("market.csv");
     std::fs::write(&raw, &market.data.csv)?;
     let store = lineage::LocalStore::new(dir.join("store"))?;
-    let config = pipeline::PipelineConfig::new(raw, &store, pipeline::smoke_params());
+    let config = pipeline::PipelineConfig::new(raw, &store, params.clone());
     pipeline::run(&config).context("pipeline")?;
     let recommender = Recommender::load(&store)?;
     let mut per_product = Vec::new();
@@ -225,6 +229,9 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
     if opts.seeds.is_empty() || opts.shapes.is_empty() {
         bail!("give at least one seed and one shape");
     }
+    let mut params = pipeline::smoke_params();
+    pipeline::params::set_all(&mut params, &opts.set)?;
+    pipeline::PipelineParams::from_params(&params)?;
     let tmp = tempfile::tempdir()?;
     let root = opts.out.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let mut scores = Vec::new();
@@ -237,8 +244,8 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
             });
             let dir = root.join(format!("{}-{seed}", shape.name()));
             std::fs::create_dir_all(&dir)?;
-            let s =
-                score(&market, &dir).with_context(|| format!("{} seed {seed}", shape.name()))?;
+            let s = score(&market, &dir, &params)
+                .with_context(|| format!("{} seed {seed}", shape.name()))?;
             if !opts.json {
                 outln!(
                     "{:<20} seed {:<3} products {:>3} ({:>3} with uplift) | revenue: median {:>6.3} min {:>7.3} | line basis: median {:>6.3} min {:>7.3} | profit ({:>3}): median {:>6.3} min {:>7.3} | at edge {:>4.0}% | elasticity band covers {:>4.0}% | test level ratio {:.2}",

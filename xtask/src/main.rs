@@ -290,6 +290,10 @@ enum Command {
         /// Print JSON (per product) instead of the table.
         #[arg(long)]
         json: bool,
+        /// Override a param for every market, e.g. `--set
+        /// response.decision_quantile=0.2` (TOML value).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Run the cargo-fuzz targets (CSV rows, request parameters, params) on
     /// their corpora in `fuzz/corpus` (nightly and cargo-fuzz needed).
@@ -637,6 +641,7 @@ fn run(command: Command) -> Result<()> {
             weeks,
             out,
             json,
+            set,
         } => {
             let shapes = if shapes.iter().any(|s| s == "all") {
                 etl::synth::market::DemandShape::ALL.to_vec()
@@ -653,6 +658,7 @@ fn run(command: Command) -> Result<()> {
                 weeks: weeks.max(8),
                 out,
                 json,
+                set,
             })?;
             Ok(())
         }

@@ -537,6 +537,25 @@ impl PipelineParams {
     }
 }
 
+/// Overlays each `KEY=VALUE` of `overrides` (as `--set` takes them) on
+/// `params`, in order, each key checked against the compiled-in defaults
+/// (an unknown key names the closest valid one; a value of another type
+/// names the type wanted); returns the keys set. The result is not
+/// validated as a whole: [`PipelineParams::from_params`] does that.
+pub fn set_all(params: &mut Params, overrides: &[String]) -> Result<Vec<String>, LineageError> {
+    let defaults = crate::default_params();
+    let mut keys = Vec::with_capacity(overrides.len());
+    for o in overrides {
+        let (key, parsed) = lineage::params::assignment(o)?;
+        let mut one = Params::default();
+        one.set(key, parsed.clone())?;
+        one.check_against(&defaults, &format!("--set {o}"))?;
+        params.set(key, parsed)?;
+        keys.push(key.to_string());
+    }
+    Ok(keys)
+}
+
 /// The effective params: the compiled-in defaults, overlaid by a params
 /// file's keys (`file`: where it came from, and its parsed table), overlaid
 /// by each `--set KEY=VALUE` in order. Every key is checked against the
@@ -562,13 +581,8 @@ pub fn effective(
             sources.insert(key, ParamSource::File);
         }
     }
-    for o in overrides {
-        let (key, parsed) = lineage::params::assignment(o)?;
-        let mut one = Params::default();
-        one.set(key, parsed.clone())?;
-        one.check_against(&defaults, &format!("--set {o}"))?;
-        params.set(key, parsed)?;
-        sources.insert(key.to_string(), ParamSource::Set);
+    for key in set_all(&mut params, overrides)? {
+        sources.insert(key, ParamSource::Set);
     }
     let origin = match (file, overrides.is_empty()) {
         (Some((origin, _)), true) => origin.to_string(),
