@@ -60,7 +60,8 @@ use models::{Manifest, ModelKind, Regressor};
 use serde::{Deserialize, Serialize};
 
 pub use request::{
-    Basis, DEFAULT_PRICE_BINS, MAX_PRICE_BINS, MIN_PRICE_BINS, Objective, PriceEnding, PriceRequest,
+    Basis, DEFAULT_PRICE_BINS, MAX_PRICE_BINS, MIN_PRICE_BINS, Objective, PriceEnding,
+    PriceRequest, QUERY_PARAMETERS,
 };
 
 /// Errors of the recommendation library.

@@ -8,6 +8,21 @@ use crate::{PriceGrid, RecommendError, Result};
 
 /// Default number of candidate prices (the original's `num_price_bins`).
 pub const DEFAULT_PRICE_BINS: usize = 100;
+/// The parameters [`PriceRequest::from_pairs`] accepts (the pricing routes'
+/// query, and the fields of the JSON body besides the stock code).
+pub const QUERY_PARAMETERS: [&str; 11] = [
+    "unitprice_min",
+    "unitprice_max",
+    "num_price_bins",
+    "country",
+    "customerid",
+    "objective",
+    "basis",
+    "unit_cost",
+    "max_change",
+    "price_ending",
+    "min_margin",
+];
 /// Fewest candidate prices a request may ask for.
 pub const MIN_PRICE_BINS: usize = 2;
 /// Most candidate prices a request may ask for.
@@ -182,19 +197,7 @@ impl PriceRequest {
         let mut req = Self::new(stockcode);
         let mut seen: Vec<&str> = Vec::new();
         for (name, value) in pairs {
-            let known = [
-                "unitprice_min",
-                "unitprice_max",
-                "num_price_bins",
-                "country",
-                "customerid",
-                "objective",
-                "basis",
-                "unit_cost",
-                "max_change",
-                "price_ending",
-                "min_margin",
-            ];
+            let known = QUERY_PARAMETERS;
             let Some(&parameter) = known.iter().find(|k| **k == name) else {
                 return Err(RecommendError::InvalidParameter {
                     parameter: "query",

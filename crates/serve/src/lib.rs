@@ -726,9 +726,9 @@ fn parse_request(
 
 /// The query of the pricing routes (`PriceRequest::from_pairs` parses it;
 /// this type documents it).
-#[derive(Debug, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)] // read by the OpenAPI derive, not by the handlers
+#[allow(dead_code)] // read by the OpenAPI derives, not by the handlers
 pub struct PricingQuery {
     /// Lowest price of the grid (default: the product's observed range, or
     /// the current price minus `max_change`).
@@ -763,28 +763,9 @@ pub struct PricingQuery {
 pub struct InvocationBody {
     /// Stock code.
     stockcode: String,
-    /// As the query parameter.
-    unitprice_min: Option<f64>,
-    /// As the query parameter.
-    unitprice_max: Option<f64>,
-    /// As the query parameter.
-    num_price_bins: Option<usize>,
-    /// As the query parameter.
-    country: Option<String>,
-    /// As the query parameter.
-    customerid: Option<String>,
-    /// As the query parameter.
-    objective: Option<recommend::Objective>,
-    /// As the query parameter.
-    basis: Option<recommend::Basis>,
-    /// As the query parameter.
-    unit_cost: Option<f64>,
-    /// As the query parameter.
-    max_change: Option<f64>,
-    /// As the query parameter.
-    price_ending: Option<recommend::PriceEnding>,
-    /// As the query parameter.
-    min_margin: Option<f64>,
+    /// The parameters of the pricing routes' query.
+    #[serde(flatten)]
+    query: PricingQuery,
 }
 
 /// The original API: one row per grid price, each with the optimum.
@@ -994,4 +975,27 @@ pub fn openapi() -> &'static str {
             String::from("{}")
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented query (`PricingQuery`, and through it the
+    /// `/invocations` body) names exactly the parameters the parser takes.
+    #[test]
+    fn the_documented_query_is_the_parsed_one() {
+        use utoipa::IntoParams;
+        let mut documented: Vec<String> = PricingQuery::into_params(|| None)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        documented.sort();
+        let mut parsed: Vec<String> = recommend::QUERY_PARAMETERS
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        parsed.sort();
+        assert_eq!(documented, parsed);
+    }
 }
