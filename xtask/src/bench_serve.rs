@@ -190,14 +190,30 @@ fn spawn(opts: &ServeBench, port: u16, extra: &[&str]) -> Result<Server> {
     Ok(Server(cmd.spawn().context("starting serve")?))
 }
 
-/// Waits until `base` answers `/ping`; the time since `started`.
-async fn ready(client: &HttpClient, base: &str, started: Instant) -> Result<Duration> {
+/// How long a server may take to answer its first `/ping`: a cold start
+/// reads the binary and libtorch from disk.
+const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// Waits until `base` answers `/ping`; the time since `started`. Fails at
+/// once if `server` exits first (its own error is on stderr, above).
+async fn ready(
+    client: &HttpClient,
+    base: &str,
+    started: Instant,
+    server: &mut Server,
+) -> Result<Duration> {
     loop {
         if let Ok((200, _)) = fetch(client, &format!("{base}/ping"), false).await {
             return Ok(started.elapsed());
         }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("the server at {base} did not answer /ping within 30 s");
+        if let Some(status) = server.0.try_wait()? {
+            bail!("the server for {base} exited ({status}) before answering /ping");
+        }
+        if started.elapsed() > READY_WITHIN {
+            bail!(
+                "the server at {base} did not answer /ping within {} s",
+                READY_WITHIN.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -211,8 +227,8 @@ fn start(opts: &ServeBench, extra: &[&str]) -> Result<Bench> {
     let base = format!("http://127.0.0.1:{}", opts.port);
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let started = Instant::now();
-    let server = spawn(opts, opts.port, extra)?;
-    let ready = rt.block_on(ready(&client, &base, started))?;
+    let mut server = spawn(opts, opts.port, extra)?;
+    let ready = rt.block_on(ready(&client, &base, started, &mut server))?;
     Ok(Bench {
         server,
         rt,
@@ -1007,8 +1023,8 @@ fn scale(opts: &ServeBench) -> Result<()> {
             bases.push(format!("http://127.0.0.1:{port}"));
         }
         let (cached, uncached) = rt.block_on(async {
-            for base in &bases {
-                ready(&client, base, started).await?;
+            for (base, server) in bases.iter().zip(servers.iter_mut()) {
+                ready(&client, base, started, server).await?;
                 // The ranking each process computes in the background after
                 // start-up: wait for it, so it is not measured as load.
                 let (status, _) =
