@@ -714,7 +714,8 @@ fn mean_y(obs: &[Obs], t: usize) -> f64 {
 #[allow(clippy::needless_range_loop)] // matrix arithmetic reads best by index
 /// The pooled regression, with product fixed effects, of each demand part
 /// on the nuisance and a quadratic in log price: the nuisance coefficients
-/// (to subtract: the double-ML step) and the pooled `(b, c)`.
+/// (the season and the shocks' persistence, taken out in [`fit_curves`]:
+/// the double-ML step) and the pooled `(b, c)`.
 fn nuisance(panels: &[Vec<Obs>]) -> ([[f64; NUIS]; 2], [[f64; 2]; 2]) {
     const P: usize = NUIS + 2;
     let mut gamma = [[0.0; NUIS]; 2];
@@ -1068,7 +1069,8 @@ fn fit_curves(panels: &[Vec<Obs>], params: &ResponseParams) -> FittedCurves {
             })
         })
         .collect();
-    let lags: Vec<(Vec<f64>, Vec<Option<f64>>)> = panels
+    // Each product's log prices and last week's.
+    let prices: Vec<(Vec<f64>, Vec<Option<f64>>)> = panels
         .iter()
         .map(|obs| {
             (
@@ -1085,7 +1087,7 @@ fn fit_curves(panels: &[Vec<Obs>], params: &ResponseParams) -> FittedCurves {
     for t in 0..2 {
         let (mut slopes, mut variances) = (Vec::new(), Vec::new());
         let (mut rss_all, mut dof_all) = (0.0, 0.0);
-        for ((obs, y), (vs, lag)) in panels.iter().zip(&ys).zip(&lags) {
+        for ((obs, y), (vs, lag)) in panels.iter().zip(&ys).zip(&prices) {
             if obs.len() < params.min_weeks {
                 continue;
             }
@@ -1146,7 +1148,7 @@ fn fit_curves(panels: &[Vec<Obs>], params: &ResponseParams) -> FittedCurves {
     let mut own_weight = Vec::with_capacity(panels.len());
     let mut own = Vec::with_capacity(panels.len());
     let mut hinges = 0usize;
-    for ((obs, y), (vs, lag)) in panels.iter().zip(&ys).zip(&lags) {
+    for ((obs, y), (vs, lag)) in panels.iter().zip(&ys).zip(&prices) {
         let has_own = obs.len() >= params.min_weeks;
         let pair: [Curve; 2] = std::array::from_fn(|t| {
             fit_product(
