@@ -26,6 +26,7 @@ use recommend::{Basis, PriceRequest, Recommender};
 use serde::Serialize;
 
 /// Options of the backtest.
+#[derive(Debug, Clone)]
 pub struct Backtest {
     /// Generator seeds.
     pub seeds: Vec<u64>,
@@ -297,4 +298,56 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
         );
     }
     Ok(scores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small constant-elasticity market through the normal pipeline: every
+    /// product scored, the recommendations worth keeping, and a `--set`
+    /// that changes the decision rule changes the decisions.
+    #[test]
+    fn a_small_market_is_scored_and_settings_reach_the_pipeline() {
+        let opts = Backtest {
+            seeds: vec![1],
+            shapes: vec![DemandShape::ConstantElasticity],
+            products: 8,
+            weeks: 40,
+            out: None,
+            json: true,
+            set: Vec::new(),
+        };
+        let scores = run(&opts).unwrap_or_else(|e| panic!("{e:#}"));
+        let [market] = scores.as_slice() else {
+            panic!("{} markets scored", scores.len())
+        };
+        assert_eq!((market.products, market.per_product.len()), (8, 8));
+        assert!(
+            market.median >= 0.8 && market.min >= 0.0,
+            "revenue captured: median {}, min {}",
+            market.median,
+            market.min
+        );
+        let cautious: Vec<f64> = market.per_product.iter().map(|p| p.recommended).collect();
+        let bold = run(&Backtest {
+            set: vec!["response.decision_quantile=0.5".into()],
+            ..opts.clone()
+        })
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        let bold: Vec<f64> = bold[0].per_product.iter().map(|p| p.recommended).collect();
+        assert_ne!(cautious, bold, "the decision quantile changed nothing");
+
+        let e = run(&Backtest {
+            set: vec!["response.decision_quantil=0.2".into()],
+            ..opts
+        })
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+        assert!(
+            e.contains("did you mean `response.decision_quantile`"),
+            "{e}"
+        );
+    }
 }
