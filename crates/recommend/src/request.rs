@@ -197,14 +197,13 @@ impl PriceRequest {
         let mut req = Self::new(stockcode);
         let mut seen: Vec<&str> = Vec::new();
         for (name, value) in pairs {
-            let known = QUERY_PARAMETERS;
-            let Some(&parameter) = known.iter().find(|k| **k == name) else {
+            let Some(&parameter) = QUERY_PARAMETERS.iter().find(|k| **k == name) else {
                 return Err(RecommendError::InvalidParameter {
                     parameter: "query",
                     reason: format!(
                         "unknown parameter `{}` (expected one of {})",
                         truncate(name),
-                        known.join(", ")
+                        QUERY_PARAMETERS.join(", ")
                     ),
                 });
             };
