@@ -29,9 +29,13 @@
 //!    variation gets the pooled response.
 //! 4. **Monotone by construction.** `(b, c)` is projected (in the posterior's
 //!    metric) onto the set where the elasticity lies in
-//!    `[-max_abs_elasticity, 0]` over the product's observed price range;
-//!    outside that range the curve extrapolates at the edge elasticity
-//!    (constant elasticity). Demand never rises with price.
+//!    `[-max_abs_elasticity, 0]` over the product's observed price range
+//!    and `c ≤ 0`; a hinge's elasticity above its knot is held at or below
+//!    the one under it. Outside that range the curve extrapolates at the
+//!    edge elasticity (constant elasticity). Demand never rises with price,
+//!    and never gets less elastic as the price rises (Marshall's second
+//!    law: a convex fit is mostly noise, and it makes cutting the price of
+//!    an inelastic product look profitable).
 //!
 //! Orders per week and units per order are modelled separately (both respond
 //! to price); weekly units are their product. Levels come from the product's
@@ -591,13 +595,16 @@ fn chol2(c: &[f64; 4]) -> [f64; 4] {
 
 /// Projects a quadratic's `(b, c)` (in the metric `precision`) onto the set
 /// where its elasticity `b + 2c·v` lies within `[-max, 0]` at both ends of
-/// `range` (so everywhere in it).
+/// `range` (so everywhere in it) and `c ≤ 0` (it never flattens as the
+/// price rises).
 fn project(beta: [f64; 2], precision: &[f64; 4], range: (f64, f64), max: f64) -> [f64; 2] {
     let mut cons: Vec<([f64; 2], f64)> = Vec::new();
     for v in [range.0, range.1] {
         cons.push(([1.0, 2.0 * v], 0.0));
         cons.push(([-1.0, -2.0 * v], max));
     }
+    // Demand no less elastic at higher prices: `c ≤ 0`.
+    cons.push(([0.0, 1.0], 0.0));
     let feasible = |x: [f64; 2]| {
         cons.iter()
             .all(|(g, h)| g[0] * x[0] + g[1] * x[1] <= h + 1e-12)
@@ -937,7 +944,8 @@ fn quadratic_curve(beta: [f64; 2], cov: &[f64; 4], range: (f64, f64)) -> Curve {
 /// with 3 weeks on each side at least); the lowest AIC wins (the hinge
 /// pays for its knot). Without
 /// enough weeks (`has_own` false) the prior's quadratic. Elasticities are
-/// kept within `[-max, 0]` over the observed range.
+/// kept within `[-max, 0]` over the observed range, and never rise with
+/// the price (a hinge by [`steepening`], a quadratic by [`project`]).
 fn fit_product(
     (vs, lags, phi): (&[f64], &[Option<f64>], f64),
     ys: &[f64],
@@ -991,7 +999,7 @@ fn fit_product(
         if let Some((b, c, bic)) = fit_with_noise(&xh, &y, mu, hinge_prec, prior.noise_var, 3.0)
             && best.is_none_or(|(_, _, _, bb)| bic < bb)
         {
-            best = Some((k, b, c, bic));
+            best = Some((k, steepening(b, &c), c, bic));
         }
     }
     match best {
@@ -1009,6 +1017,30 @@ fn fit_product(
             quadratic_curve(project(bq, &prec, range, max), &cq, range)
         }
     }
+}
+
+/// A hinge's elasticities `[below, above]` projected, in the posterior's
+/// metric (covariance `cov`), onto `above ≤ below`: demand no less elastic
+/// above the knot than below it. Where the fit says otherwise, the
+/// projection is one constant elasticity.
+fn steepening(b: [f64; 2], cov: &[f64; 4]) -> [f64; 2] {
+    let excess = b[1] - b[0];
+    if excess <= 0.0 {
+        return b;
+    }
+    // argmin (x − b)ᵀΣ⁻¹(x − b) subject to g·x = 0, g = (−1, 1):
+    // x = b − Σg·(g·b)/(gᵀΣg).
+    let sg = [cov[1] - cov[0], cov[3] - cov[2]];
+    let gsg = sg[1] - sg[0];
+    let x = if gsg > 1e-12 {
+        let t = excess / gsg;
+        [b[0] - t * sg[0], b[1] - t * sg[1]]
+    } else {
+        b
+    };
+    // On the constraint x₀ = x₁ (up to rounding).
+    let m = 0.5 * (x[0] + x[1]);
+    [m, m]
 }
 
 /// Per-product curves of one fit.
@@ -1689,6 +1721,48 @@ mod tests {
             "{}",
             q.elasticity(0.0)
         );
+    }
+
+    #[test]
+    fn demand_never_gets_less_elastic_as_the_price_rises() {
+        // Data that say the opposite: a reversed kink (elasticity -2.5
+        // below v = 0.1, -0.3 above) and a convex curve (elasticity
+        // -1 + 2v). Fitted freely, both would make cutting the price of an
+        // inelastic product pay; the fitted curves are bounded by the
+        // steepening ones instead: each slope at most the one before it.
+        let vs: Vec<f64> = (0..40).map(|i| -0.4 + f64::from(i) * 0.02).collect();
+        let reversed: Vec<f64> = vs
+            .iter()
+            .map(|&v| {
+                if v < 0.1 {
+                    -2.5 * (v - 0.1)
+                } else {
+                    -0.3 * (v - 0.1)
+                }
+            })
+            .collect();
+        let convex: Vec<f64> = vs.iter().map(|&v| -v + v * v).collect();
+        let prior = Prior {
+            mean: [-1.0, 0.0],
+            sd: [1.0, 1.0],
+            noise_var: 0.01,
+        };
+        for y in [reversed, convex] {
+            let c = fit_product((&vs, &[None; 40], 0.0), &y, &prior, 8.0, true);
+            assert!(
+                c.slopes.windows(2).all(|w| w[1] <= w[0] + 1e-9),
+                "slopes rise with price: {:?} ({:?})",
+                c.slopes,
+                c.family
+            );
+            // Still a fit of the data: the mean elasticity over the range.
+            let mean = (c.log_demand(0.38) - c.log_demand(-0.4)) / 0.78;
+            let truth = (y[39] - y[0]) / 0.78;
+            assert!(
+                (mean - truth).abs() < 0.35,
+                "mean elasticity {mean} vs {truth}"
+            );
+        }
     }
 
     #[test]
