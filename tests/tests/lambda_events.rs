@@ -186,7 +186,14 @@ async fn the_console_and_its_routes_through_events() {
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{kind:?}: {page}");
-        assert_eq!(page["products"][0]["stockcode"], "85123A", "{kind:?}");
+        // The search finds the product; its place in the ranking is the
+        // model's (by expected uplift), not this test's.
+        assert!(
+            page["products"]
+                .as_array()
+                .is_some_and(|ps| ps.iter().any(|p| p["stockcode"] == "85123A")),
+            "{kind:?}: {page}"
+        );
         let (status, _, spec) =
             invoke(&lambda, &event(kind, "GET", "/openapi.json", &[], None)).await;
         assert_eq!(status, StatusCode::OK, "{kind:?}");
