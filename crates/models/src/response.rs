@@ -1677,31 +1677,37 @@ mod tests {
         assert_eq!(project([-1.2, -0.4], &prec, (-0.3, 0.4), 8.0), [-1.2, -0.4]);
     }
 
+    /// 40 weekly log prices from -0.4 to 0.38, and log demand with a kink
+    /// at v = 0.1: elasticity `below` under it, `above` over it.
+    fn kinked_weeks(below: f64, above: f64) -> (Vec<f64>, Vec<f64>) {
+        let vs: Vec<f64> = (0..40).map(|i| -0.4 + f64::from(i) * 0.02).collect();
+        let y = vs
+            .iter()
+            .map(|&v| if v < 0.1 { below } else { above } * (v - 0.1))
+            .collect();
+        (vs, y)
+    }
+
+    /// A prior centred on elasticity -1, sd 1, with little noise.
+    fn tight_prior() -> Prior {
+        Prior {
+            mean: [-1.0, 0.0],
+            sd: [1.0, 1.0],
+            noise_var: 0.01,
+        }
+    }
+
     #[test]
     fn a_hinge_is_chosen_for_kinked_data_and_a_quadratic_for_smooth_data() {
         // Log demand with a kink at v = 0.1 (elasticity -0.3 below, -2.5
         // above) versus a smooth one (elasticity -1 - 2v), 40 weeks with a
         // little jitter.
-        let vs: Vec<f64> = (0..40).map(|i| -0.4 + f64::from(i) * 0.02).collect();
-        let kinked: Vec<f64> = vs
-            .iter()
-            .map(|&v| {
-                if v < 0.1 {
-                    -0.3 * (v - 0.1)
-                } else {
-                    -2.5 * (v - 0.1)
-                }
-            })
-            .collect();
+        let (vs, kinked) = kinked_weeks(-0.3, -2.5);
         let smooth: Vec<f64> = vs.iter().map(|&v| -v - v * v).collect();
         let jitter: Vec<f64> = (0..40)
             .map(|i| 0.01 * f64::from((i * 7) % 5) - 0.02)
             .collect();
-        let prior = Prior {
-            mean: [-1.0, 0.0],
-            sd: [1.0, 1.0],
-            noise_var: 0.01,
-        };
+        let prior = tight_prior();
         let fit = |y: &[f64]| {
             let y: Vec<f64> = y.iter().zip(&jitter).map(|(a, b)| a + b).collect();
             fit_product((&vs, &[None; 40], 0.0), &y, &prior, 8.0, true)
@@ -1731,23 +1737,9 @@ mod tests {
         // inelastic product pay; each fitted slope must be at most the one
         // before it (with the constraints dropped this fails: the hinge
         // comes out [-2.46, -0.39]).
-        let vs: Vec<f64> = (0..40).map(|i| -0.4 + f64::from(i) * 0.02).collect();
-        let reversed: Vec<f64> = vs
-            .iter()
-            .map(|&v| {
-                if v < 0.1 {
-                    -2.5 * (v - 0.1)
-                } else {
-                    -0.3 * (v - 0.1)
-                }
-            })
-            .collect();
+        let (vs, reversed) = kinked_weeks(-2.5, -0.3);
         let convex: Vec<f64> = vs.iter().map(|&v| -v + v * v).collect();
-        let prior = Prior {
-            mean: [-1.0, 0.0],
-            sd: [1.0, 1.0],
-            noise_var: 0.01,
-        };
+        let prior = tight_prior();
         for y in [reversed, convex] {
             let c = fit_product((&vs, &[None; 40], 0.0), &y, &prior, 8.0, true);
             assert!(
