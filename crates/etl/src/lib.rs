@@ -17,6 +17,7 @@
 
 mod clean;
 mod costs;
+mod parquet;
 mod read;
 pub mod synth;
 mod transactions;
@@ -26,11 +27,12 @@ pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
 pub use costs::read_unit_costs;
+pub use parquet::{ParquetChunkWriter, ROW_GROUP_ROWS, read_parquet, write_parquet};
 pub use read::{
     Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, TextColumn, read_raw_bytes, read_raw_file,
     read_raw_file_limited,
 };
-pub use transactions::{SCHEMA, Transactions, TxView, parquet_writer, read_parquet, write_parquet};
+pub use transactions::{SCHEMA, Transactions, TxView};
 pub use workbook::{WorkbookSummary, csv_to_workbook, is_workbook, workbook_to_csv};
 
 /// Errors of the etl stage. Field errors carry the file, 1-based line and column.

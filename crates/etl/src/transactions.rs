@@ -1,9 +1,8 @@
 //! The typed output of the etl stage.
 
-use std::io::Cursor;
-
 use polars::prelude::*;
 
+use crate::parquet::{read_parquet, write_parquet};
 use crate::{EtlError, Result};
 
 /// Cleaned sales lines: one row per invoice line of a product sold at a
@@ -70,21 +69,45 @@ impl Transactions {
         customer_id: Vec<Option<i64>>,
         country: Vec<&str>,
     ) -> Result<Self> {
-        let height = invoice_no.len();
+        Self::from_string_series(
+            [
+                Series::new("invoice_no".into(), invoice_no),
+                Series::new("stock_code".into(), stock_code),
+                Series::new("description".into(), description),
+            ],
+            quantity,
+            ts_micros,
+            unit_price,
+            customer_id,
+            Series::new("country".into(), country),
+        )
+    }
+
+    /// [`Transactions::from_columns`] with the string columns built already
+    /// (`[invoice_no, stock_code, description]`, and `country`).
+    pub(crate) fn from_string_series(
+        [invoice_no, stock_code, description]: [Series; 3],
+        quantity: Vec<i64>,
+        ts_micros: Vec<i64>,
+        unit_price: Vec<f64>,
+        customer_id: Vec<Option<i64>>,
+        country: Series,
+    ) -> Result<Self> {
+        let height = quantity.len();
         let dates = Int64Chunked::from_vec("invoice_date".into(), ts_micros)
             .into_datetime(TimeUnit::Microseconds, None)
             .into_series();
         let df = DataFrame::new(
             height,
             vec![
-                Series::new("invoice_no".into(), invoice_no).into(),
-                Series::new("stock_code".into(), stock_code).into(),
-                Series::new("description".into(), description).into(),
+                invoice_no.into(),
+                stock_code.into(),
+                description.into(),
                 Series::new("quantity".into(), quantity).into(),
                 dates.into(),
                 Series::new("unit_price".into(), unit_price).into(),
                 Series::new("customer_id".into(), customer_id).into(),
-                Series::new("country".into(), country).into(),
+                country.into(),
             ],
         )?;
         Self::from_dataframe(df)
@@ -194,24 +217,4 @@ impl Transactions {
     pub fn from_parquet(bytes: &[u8]) -> Result<Self> {
         Self::from_dataframe(read_parquet(bytes)?)
     }
-}
-
-/// Writes a frame to parquet bytes (LZ4: several times faster to write than
-/// zstd at a modest size cost, and these artifacts are rewritten often).
-pub fn write_parquet(df: &DataFrame) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut df = df.clone();
-    parquet_writer(&mut out).finish(&mut df)?;
-    Ok(out)
-}
-
-/// The parquet writer every artifact is written with (see [`write_parquet`]);
-/// `.batched(schema)` on it writes a large table chunk by chunk.
-pub fn parquet_writer<W: std::io::Write>(out: W) -> ParquetWriter<W> {
-    ParquetWriter::new(out).with_compression(ParquetCompression::Lz4Raw)
-}
-
-/// Reads a frame from parquet bytes.
-pub fn read_parquet(bytes: &[u8]) -> Result<DataFrame> {
-    Ok(ParquetReader::new(Cursor::new(bytes)).finish()?)
 }

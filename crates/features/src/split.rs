@@ -296,21 +296,18 @@ impl<'a> Plan<'a> {
     fn parquet(&self, part: usize, chunk: usize) -> Result<Vec<u8>> {
         let n = self.parts[part].len();
         let chunk = chunk.max(1);
-        let mut out = Vec::new();
         let first = self.matrix(part, 0..n.min(chunk)).to_frame()?;
         if n <= chunk {
             return Ok(etl::write_parquet(&first)?);
         }
-        let mut writer = etl::parquet_writer(&mut out).batched(first.schema())?;
-        writer.write_batch(&first)?;
+        let mut writer = etl::ParquetChunkWriter::new(Vec::new(), first.schema())?;
+        writer.write(&first)?;
         drop(first);
         for start in (chunk..n).step_by(chunk) {
             let chunk = self.matrix(part, start..(start + chunk).min(n));
-            writer.write_batch(&chunk.to_frame()?)?;
+            writer.write(&chunk.to_frame()?)?;
         }
-        writer.finish()?;
-        drop(writer);
-        Ok(out)
+        Ok(writer.finish()?)
     }
 
     fn report(&self) -> SplitReport {
