@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use chrono::NaiveDateTime;
+use polars::prelude::{IdxCa, IdxSize, NamedFrom, Series};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -348,6 +349,43 @@ fn parse_dates(raw: &RawTable, col: &TextColumn) -> Result<DateColumn> {
     ))
 }
 
+/// Distinct values among the kept rows' ids of `values` (two ids can
+/// share a value once trimmed).
+fn distinct_kept(ids: &[u32], values: &[&str]) -> u64 {
+    let mut seen = vec![false; values.len()];
+    for &id in ids {
+        seen[id as usize] = true;
+    }
+    let kept: FxHashSet<&str> = values
+        .iter()
+        .zip(seen)
+        .filter_map(|(v, s)| s.then_some(*v))
+        .collect();
+    kept.len() as u64
+}
+
+/// The string column whose row `i` is `values[ids[i]]`: the distinct
+/// values are built once and gathered (long strings are shared, not copied).
+fn gather<T>(name: &str, values: &[T], ids: Vec<u32>) -> Result<Series>
+where
+    T: Copy,
+    Series: NamedFrom<Vec<T>, [T]>,
+{
+    let distinct = Series::new(name.into(), values.to_vec());
+    // polars' row index is u32 (`IdxSize`) in this build, as the ids are.
+    let ids: Vec<IdxSize> = ids;
+    let ids = IdxCa::from_vec(name.into(), ids);
+    Ok(distinct.take(&ids)?)
+}
+
+/// A customer id field, parsed.
+#[derive(Debug, Clone, Copy)]
+enum Customer {
+    Id(i64),
+    Missing,
+    Unparsable,
+}
+
 fn required_str(raw: &RawTable, column: Column) -> Result<&TextColumn> {
     raw.strings(column).ok_or_else(|| EtlError::MissingColumn {
         file: raw.file.clone(),
@@ -358,7 +396,7 @@ fn required_str(raw: &RawTable, column: Column) -> Result<&TextColumn> {
 }
 
 /// `parse` applied to each distinct value of a column once.
-fn per_distinct<T>(col: &TextColumn, parse: impl Fn(&str) -> T) -> Vec<T> {
+fn per_distinct<'a, T>(col: &'a TextColumn, parse: impl Fn(&'a str) -> T) -> Vec<T> {
     col.distinct().iter().map(|v| parse(v)).collect()
 }
 
@@ -386,40 +424,61 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     let country_s = raw.strings(Column::Country);
 
     let dates = parse_dates(raw, date_s)?;
-    // Work per distinct value, not per row.
+    // Work per distinct value, not per row: the row loop only looks up.
     let quantities = per_distinct(qty_s, parse_integral);
     let prices = per_distinct(price_s, parse_price);
-    let customers = cust_s.map(|c| per_distinct(c, |t| parse_integral(t.trim())));
-    let is_product = per_distinct(stock, |sc| {
+    let invoices = per_distinct(invoice, str::trim);
+    let stocks = per_distinct(stock, |sc| {
         let sc = sc.trim();
-        !excluded.contains(sc) && pattern.is_match(sc)
+        (sc, !excluded.contains(sc) && pattern.is_match(sc))
     });
+    let customers = cust_s.map(|c| {
+        per_distinct(c, |t| {
+            let t = t.trim();
+            if t.is_empty() {
+                Customer::Missing
+            } else {
+                parse_integral(t).map_or(Customer::Unparsable, Customer::Id)
+            }
+        })
+    });
+    // Output strings per distinct value; a missing column is one value.
+    let countries: Vec<Option<&str>> = match country_s {
+        Some(c) => per_distinct(c, |v| Some(v.trim()).filter(|v| !v.is_empty())),
+        None => vec![None],
+    };
+    let descriptions: Vec<Option<&str>> = match desc_s {
+        Some(d) => per_distinct(d, |v| Some(v.trim()).filter(|v| !v.is_empty())),
+        None => vec![None],
+    };
+    let id_of = |col: Option<&TextColumn>, row: usize| col.map_or(0, |c| c.ids()[row]);
 
     let mut report = EtlReport {
         rows_in: n as u64,
         date_format: dates.format.to_string(),
         ..Default::default()
     };
-    let mut dropped: BTreeMap<DropReason, u64> = BTreeMap::new();
+    let mut dropped = [0u64; DropReason::ALL.len()];
     let mut non_product: FxHashMap<&str, u64> = FxHashMap::default();
-    let mut issues: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut customer_missing, mut customer_unparsable) = (0u64, 0u64);
+    let (mut country_missing, mut description_missing) = (0u64, 0u64);
 
-    let mut keep_invoice = Vec::with_capacity(n);
-    let mut keep_stock = Vec::with_capacity(n);
-    let mut keep_desc: Vec<Option<&str>> = Vec::with_capacity(n);
+    // Kept rows: text columns as ids of distinct values, the rest typed.
+    let mut keep_invoice: Vec<u32> = Vec::with_capacity(n);
+    let mut keep_stock: Vec<u32> = Vec::with_capacity(n);
+    let mut keep_desc: Vec<u32> = Vec::with_capacity(n);
     let mut keep_qty = Vec::with_capacity(n);
     let mut keep_ts = Vec::with_capacity(n);
     let mut keep_price = Vec::with_capacity(n);
     let mut keep_cust: Vec<Option<i64>> = Vec::with_capacity(n);
-    let mut keep_country: Vec<&str> = Vec::with_capacity(n);
+    let mut keep_country: Vec<u32> = Vec::with_capacity(n);
 
     for row in 0..n {
-        let inv = invoice.get(row).trim();
+        let inv = invoices[invoice.ids()[row] as usize];
         if inv.is_empty() {
             return Err(raw.field_error(row, Column::InvoiceNo, "", "empty invoice number"));
         }
-        let stock_id = stock.ids()[row] as usize;
-        let sc = stock.get(row).trim();
+        let (sc, is_product) = stocks[stock.ids()[row] as usize];
         if sc.is_empty() {
             return Err(raw.field_error(row, Column::StockCode, "", "empty stock code"));
         }
@@ -440,33 +499,29 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             )
         })?;
         let customer = match (cust_s, &customers) {
-            (Some(c), Some(parsed)) => {
-                if c.get(row).trim().is_empty() {
-                    *issues.entry("customer_id:missing".into()).or_default() += 1;
+            (Some(c), Some(parsed)) => match parsed[c.ids()[row] as usize] {
+                Customer::Id(id) => Some(id),
+                Customer::Missing => {
+                    customer_missing += 1;
                     None
-                } else {
-                    let v = parsed[c.ids()[row] as usize];
-                    if v.is_none() {
-                        *issues.entry("customer_id:unparsable".into()).or_default() += 1;
-                    }
-                    v
                 }
-            }
+                Customer::Unparsable => {
+                    customer_unparsable += 1;
+                    None
+                }
+            },
             _ => {
-                *issues.entry("customer_id:missing".into()).or_default() += 1;
+                customer_missing += 1;
                 None
             }
         };
-        let country = match country_s.map(|c| c.get(row).trim()) {
-            None | Some("") => {
-                *issues.entry("country:missing".into()).or_default() += 1;
-                "Unspecified"
-            }
-            Some(c) => c,
-        };
-        let desc = desc_s.map(|d| d.get(row).trim()).filter(|d| !d.is_empty());
-        if desc.is_none() {
-            *issues.entry("description:missing".into()).or_default() += 1;
+        let country = id_of(country_s, row);
+        if countries[country as usize].is_none() {
+            country_missing += 1;
+        }
+        let desc = id_of(desc_s, row);
+        if descriptions[desc as usize].is_none() {
+            description_missing += 1;
         }
         let ts = dates.values[row];
 
@@ -482,18 +537,18 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             Some(DropReason::QuantityOutOfRange)
         } else if price > params.max_unit_price {
             Some(DropReason::PriceOutOfRange)
-        } else if !is_product[stock_id] {
+        } else if !is_product {
             *non_product.entry(sc).or_default() += 1;
             Some(DropReason::NonProductCode)
         } else {
             None
         };
         if let Some(r) = reason {
-            *dropped.entry(r).or_default() += 1;
+            dropped[r as usize] += 1;
             continue;
         }
-        keep_invoice.push(inv);
-        keep_stock.push(sc);
+        keep_invoice.push(invoice.ids()[row]);
+        keep_stock.push(stock.ids()[row]);
         keep_desc.push(desc);
         keep_qty.push(qty);
         keep_ts.push(ts);
@@ -502,12 +557,19 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         keep_country.push(country);
     }
 
-    for r in DropReason::ALL {
-        report
-            .dropped
-            .insert(r.name().into(), dropped.get(&r).copied().unwrap_or(0));
+    for (name, count) in [
+        ("customer_id:missing", customer_missing),
+        ("customer_id:unparsable", customer_unparsable),
+        ("country:missing", country_missing),
+        ("description:missing", description_missing),
+    ] {
+        if count > 0 {
+            report.optional_field_issues.insert(name.into(), count);
+        }
     }
-    report.optional_field_issues = issues;
+    for r in DropReason::ALL {
+        report.dropped.insert(r.name().into(), dropped[r as usize]);
+    }
     let mut codes: Vec<(String, u64)> = non_product
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -520,19 +582,26 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         report.date_min = format_micros(*min);
         report.date_max = format_micros(*max);
     }
-    report.products = keep_stock.iter().collect::<FxHashSet<_>>().len() as u64;
+    let stock_codes: Vec<&str> = stocks.iter().map(|(sc, _)| *sc).collect();
+    let countries: Vec<&str> = countries
+        .iter()
+        .map(|c| c.unwrap_or("Unspecified"))
+        .collect();
+    report.products = distinct_kept(&keep_stock, &stock_codes);
+    report.countries = distinct_kept(&keep_country, &countries);
     report.customers = keep_cust.iter().flatten().collect::<FxHashSet<_>>().len() as u64;
-    report.countries = keep_country.iter().collect::<FxHashSet<_>>().len() as u64;
 
-    let tx = Transactions::from_columns(
-        keep_invoice,
-        keep_stock,
-        keep_desc,
+    let tx = Transactions::from_string_series(
+        [
+            gather("invoice_no", &invoices, keep_invoice)?,
+            gather("stock_code", &stock_codes, keep_stock)?,
+            gather("description", &descriptions, keep_desc)?,
+        ],
         keep_qty,
         keep_ts,
         keep_price,
         keep_cust,
-        keep_country,
+        gather("country", &countries, keep_country)?,
     )?;
     Ok((tx, report))
 }
