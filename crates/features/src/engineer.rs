@@ -194,6 +194,57 @@ pub struct FeatureOutputs {
     pub report: FeatureReport,
 }
 
+/// What the features stage writes, as built: the row table and the recent
+/// contexts hold the columns their parquet files hold (the
+/// [`DERIVED_FEATURES`] left out). [`FeatureFiles::into_outputs`] computes
+/// the derived features, as reading the files does.
+#[derive(Debug, Clone)]
+pub struct FeatureFiles {
+    table: DataFrame,
+    contexts: DataFrame,
+    /// One row per product.
+    pub summary: ProductSummary,
+    /// The split boundaries.
+    pub window: TrainWindow,
+    /// Metrics.
+    pub report: FeatureReport,
+}
+
+impl FeatureFiles {
+    /// Rows in the feature table.
+    pub fn len(&self) -> usize {
+        self.table.height()
+    }
+
+    /// Whether the feature table has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.table.height() == 0
+    }
+
+    /// The feature table's parquet bytes (those of [`FeatureTable::to_parquet`]).
+    pub fn table_parquet(&self) -> Result<Vec<u8>> {
+        Ok(etl::write_parquet(&self.table)?)
+    }
+
+    /// The recent contexts' parquet bytes (those of [`ProductContexts::to_parquet`]).
+    pub fn contexts_parquet(&self) -> Result<Vec<u8>> {
+        Ok(etl::write_parquet(&self.contexts)?)
+    }
+
+    /// The typed outputs, derived features computed.
+    pub fn into_outputs(self) -> Result<FeatureOutputs> {
+        Ok(FeatureOutputs {
+            table: FeatureTable::from_dataframe(self.table)?,
+            summary: self.summary,
+            contexts: ProductContexts {
+                table: FeatureTable::from_dataframe(self.contexts)?,
+            },
+            window: self.window,
+            report: self.report,
+        })
+    }
+}
+
 fn parse_day(s: &str, key: &str) -> Result<i64> {
     let bad = || FeatureError::Params(format!("split.{key} must be YYYY-MM-DD, found {s:?}"));
     let parts: Vec<&str> = s.trim().split('-').collect();
@@ -279,65 +330,152 @@ fn quantile_sorted(v: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
-fn year_month(ts: i64) -> i32 {
-    let (y, m, _, _) = civil_from_micros(ts);
-    y * 12 + m as i32 - 1
+/// Months since year 0 of each timestamp (`year * 12 + month - 1`). Rows
+/// come in time order, so a day's value is computed once per run of it.
+fn year_months(ts: &[i64]) -> Vec<i32> {
+    let mut last: Option<(i64, i32)> = None;
+    ts.iter()
+        .map(|&t| {
+            let day = t.div_euclid(MICROS_PER_DAY);
+            match last {
+                Some((d, ym)) if d == day => ym,
+                _ => {
+                    let (y, m, _, _) = civil_from_micros(t);
+                    let ym = y * 12 + m as i32 - 1;
+                    last = Some((day, ym));
+                    ym
+                }
+            }
+        })
+        .collect()
 }
 
 /// Dense ids for the distinct values of a column (a missing value is ""),
-/// in first-seen order.
+/// in first-seen order. A value equal to the previous row's (the lines of
+/// an invoice share its number and country) is not looked up again.
 fn intern(values: &StringChunked) -> (Vec<u32>, Vec<&str>) {
     let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
     let mut names: Vec<&str> = Vec::new();
+    let mut last: Option<(&str, u32)> = None;
     let col = values
         .iter()
         .map(|v| {
             let v = v.unwrap_or("");
-            *ids.entry(v).or_insert_with(|| {
+            if let Some((prev, id)) = last
+                && prev == v
+            {
+                return id;
+            }
+            let id = *ids.entry(v).or_insert_with(|| {
                 names.push(v);
                 (names.len() - 1) as u32
-            })
+            });
+            last = Some((v, id));
+            id
         })
         .collect();
     (col, names)
 }
 
-fn pack(a: u32, b: u32) -> u64 {
-    (u64::from(a) << 32) | u64::from(b)
+/// The columns [`ProductStats::of`] reads, by row.
+struct Columns<'a> {
+    ts: &'a [i64],
+    unit_price: &'a [f64],
+    inv: &'a [u32],
+    did: &'a [u32],
+    cid: &'a [u32],
+    desc_names: &'a [&'a str],
+    country_names: &'a [&'a str],
+    train_end: i64,
 }
 
-/// Distinct `(product, value)` pairs: sorted and deduplicated, ready for counting.
-fn distinct_pairs(mut pairs: Vec<u64>) -> Vec<u64> {
-    pairs.sort_unstable();
-    pairs.dedup();
-    pairs
+/// What the row features and the summary need of one product's rows.
+#[derive(Debug, Clone)]
+struct ProductStats {
+    /// Reference prices of the training rows.
+    reference: PriceRef,
+    /// ln(1 + distinct invoices among the training rows).
+    popularity: f64,
+    /// Price min, 5 %, median, 95 %, max (NaN without rows).
+    prices: [f64; 5],
+    /// Distinct invoices.
+    invoices: u64,
+    /// The most frequent non-empty description (ties: the smallest).
+    description: Option<u32>,
+    /// The most frequent country (ties: the smallest name).
+    country: Option<u32>,
 }
 
-/// Per product, the most frequent value id (ties: the smallest name).
-fn mode_per_product(mut pairs: Vec<u64>, names: &[&str], n_products: usize) -> Vec<Option<u32>> {
-    pairs.sort_unstable();
-    let mut best: Vec<Option<(u32, u32)>> = vec![None; n_products]; // (value, count)
-    let mut i = 0;
-    while i < pairs.len() {
-        let key = pairs[i];
-        let mut j = i;
-        while j < pairs.len() && pairs[j] == key {
-            j += 1;
-        }
-        let (p, value, count) = ((key >> 32) as usize, key as u32, (j - i) as u32);
-        let slot = &mut best[p];
-        let better = match slot {
-            None => true,
-            Some((v, c)) => {
-                count > *c || (count == *c && names[value as usize] < names[*v as usize])
+impl ProductStats {
+    fn of(rows: &[usize], c: &Columns<'_>) -> Self {
+        let mut prices: Vec<f64> = rows.iter().map(|&i| c.unit_price[i]).collect();
+        prices.sort_by(f64::total_cmp);
+        let mut train: Vec<f64> = Vec::new();
+        let mut train_invoices: Vec<u32> = Vec::new();
+        for &i in rows {
+            if c.ts[i] < c.train_end {
+                train.push(c.unit_price[i]);
+                train_invoices.push(c.inv[i]);
             }
+        }
+        train.sort_by(f64::total_cmp);
+        let reference = match train.last() {
+            None => PriceRef {
+                max: f64::NAN,
+                mean: f64::NAN,
+                median: f64::NAN,
+            },
+            Some(&max) => PriceRef {
+                max,
+                mean: train.iter().sum::<f64>() / train.len() as f64,
+                median: median_sorted(&train),
+            },
+        };
+        let mut invoices: Vec<u32> = rows.iter().map(|&i| c.inv[i]).collect();
+        let mut descriptions: Vec<u32> = rows
+            .iter()
+            .map(|&i| c.did[i])
+            .filter(|&d| !c.desc_names[d as usize].is_empty())
+            .collect();
+        let mut countries: Vec<u32> = rows.iter().map(|&i| c.cid[i]).collect();
+        Self {
+            reference,
+            popularity: (distinct(&mut train_invoices) as f64).ln_1p(),
+            prices: [
+                prices.first().copied().unwrap_or(f64::NAN),
+                quantile_sorted(&prices, 0.05),
+                median_sorted(&prices),
+                quantile_sorted(&prices, 0.95),
+                prices.last().copied().unwrap_or(f64::NAN),
+            ],
+            invoices: distinct(&mut invoices) as u64,
+            description: mode(&mut descriptions, c.desc_names),
+            country: mode(&mut countries, c.country_names),
+        }
+    }
+}
+
+/// How many distinct values (sorts them).
+fn distinct(values: &mut [u32]) -> usize {
+    values.sort_unstable();
+    values.chunk_by(|a, b| a == b).count()
+}
+
+/// The most frequent value id (ties: the smallest name); sorts them.
+fn mode(values: &mut [u32], names: &[&str]) -> Option<u32> {
+    values.sort_unstable();
+    let mut best: Option<(u32, usize)> = None;
+    for run in values.chunk_by(|a, b| a == b) {
+        let (value, count) = (run[0], run.len());
+        let better = match best {
+            None => true,
+            Some((v, c)) => count > c || (count == c && names[value as usize] < names[v as usize]),
         };
         if better {
-            *slot = Some((value, count));
+            best = Some((value, count));
         }
-        i = j;
     }
-    best.into_iter().map(|b| b.map(|(v, _)| v)).collect()
+    best.map(|(v, _)| v)
 }
 
 /// Runs `a` here and `b` on a thread of its own, and returns both results.
@@ -381,18 +519,29 @@ struct CustomerHistory {
     spend_prefix: Vec<f64>,
 }
 
-/// Builds features, the product summary, recent contexts and the train window.
+/// Builds features, the product summary, recent contexts and the train
+/// window: [`build_feature_files`], then the derived features.
+pub fn build_features(
+    tx: &Transactions,
+    params: &FeatureParams,
+    stockcode: Option<&str>,
+) -> Result<FeatureOutputs> {
+    build_feature_files(tx, params, stockcode)?.into_outputs()
+}
+
+/// Builds what the features stage writes: the stored features, the product
+/// summary, recent contexts and the train window.
 ///
 /// No feature of a row uses information from after that row, except the
 /// training-window reference prices and popularity, which use only rows before
 /// `window.train_end`, as a fitted preprocessor would.
 /// With `stockcode`, only that product's rows are output (customer histories
 /// still use every product).
-pub fn build_features(
+pub fn build_feature_files(
     tx: &Transactions,
     params: &FeatureParams,
     stockcode: Option<&str>,
-) -> Result<FeatureOutputs> {
+) -> Result<FeatureFiles> {
     if params.customer_window_days <= 0 {
         return Err(FeatureError::Params(
             "features.customer_window_days must be > 0".into(),
@@ -445,7 +594,7 @@ pub fn build_features(
     let window = window_for(&out_ts, &params.split)?;
 
     // Monthly quantity per product, in a dense (product, month) grid.
-    let ym: Vec<i32> = ts.iter().map(|&t| year_month(t)).collect();
+    let ym = year_months(ts);
     let ym_min = ym.iter().copied().min().unwrap_or(0);
     let ym_max = ym.iter().copied().max().unwrap_or(0);
     let n_months = (ym_max - ym_min + 1) as usize;
@@ -462,43 +611,39 @@ pub fn build_features(
         }
     };
 
-    // Training-window reference prices and popularity.
-    let mut train_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
-    let mut train_pairs: Vec<u64> = Vec::new();
-    let mut all_prices: Vec<Vec<f64>> = vec![Vec::new(); n_products];
-    for i in 0..n {
-        all_prices[pid[i] as usize].push(unit_price[i]);
-        if ts[i] < window.train_end {
-            train_prices[pid[i] as usize].push(unit_price[i]);
-            train_pairs.push(pack(pid[i], inv[i]));
-        }
+    // Each product's output rows (positions in time order), grouped by
+    // product, and what the row features and the summary need of them.
+    let mut starts = vec![0usize; n_products + 1];
+    for &i in &out_order {
+        starts[pid[i] as usize + 1] += 1;
     }
-    let mut popularity = vec![0.0f64; n_products];
-    for key in distinct_pairs(train_pairs) {
-        popularity[(key >> 32) as usize] += 1.0;
+    for p in 0..n_products {
+        starts[p + 1] += starts[p];
     }
-    for p in popularity.iter_mut() {
-        *p = p.ln_1p();
+    let mut grouped = vec![0usize; out_order.len()];
+    let mut next = starts.clone();
+    for (row, &i) in out_order.iter().enumerate() {
+        let slot = &mut next[pid[i] as usize];
+        grouped[*slot] = row;
+        *slot += 1;
     }
-    let refs: Vec<PriceRef> = train_prices
-        .iter_mut()
-        .map(|prices| {
-            prices.sort_by(f64::total_cmp);
-            if prices.is_empty() {
-                PriceRef {
-                    max: f64::NAN,
-                    mean: f64::NAN,
-                    median: f64::NAN,
-                }
-            } else {
-                PriceRef {
-                    max: prices[prices.len() - 1],
-                    mean: prices.iter().sum::<f64>() / prices.len() as f64,
-                    median: median_sorted(prices),
-                }
-            }
-        })
-        .collect();
+    let rows_of = |p: usize| &grouped[starts[p]..starts[p + 1]];
+    let stats: Vec<ProductStats> = crate::par::map_indices(n_products, |p| {
+        let rows: Vec<usize> = rows_of(p).iter().map(|&row| out_order[row]).collect();
+        ProductStats::of(
+            &rows,
+            &Columns {
+                ts,
+                unit_price,
+                inv: &inv,
+                did: &did,
+                cid: &cid,
+                desc_names: &desc_names,
+                country_names: &country_names,
+                train_end: window.train_end,
+            },
+        )
+    });
 
     // Customer histories at invoice level: (ts, spend), sorted.
     let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
@@ -546,7 +691,8 @@ pub fn build_features(
         if prev > 0.0 {
             tally.prev_known += 1;
         }
-        let (rel_max, rel_mean, rel_median, _, _) = price_features(price, &refs[p as usize]);
+        let (rel_max, rel_mean, rel_median, _, _) =
+            price_features(price, &stats[p as usize].reference);
         let (recency, freq, monetary) = match customer_id[i] {
             None => (window_days, 0.0, 0.0),
             Some(c) => {
@@ -578,7 +724,7 @@ pub fn build_features(
             rel_max,
             rel_mean,
             rel_median,
-            popularity[p as usize],
+            stats[p as usize].popularity,
             recency,
             freq,
             monetary,
@@ -600,30 +746,10 @@ pub fn build_features(
         );
         ids.take(&idx)?
     };
-    let table = FeatureTable::from_parts(ids, stored)?;
+    let table = FeatureTable::stored_frame(ids, stored)?;
 
     // Per-product summary and recent contexts (output products only).
     let last_ym = ym_max;
-    let mut per_product_rows: Vec<Vec<usize>> = vec![Vec::new(); n_products];
-    for (row, &i) in out_order.iter().enumerate() {
-        per_product_rows[pid[i] as usize].push(row);
-    }
-    let mut desc_pairs = Vec::with_capacity(m);
-    let mut country_pairs = Vec::with_capacity(m);
-    let mut invoice_pairs = Vec::with_capacity(m);
-    for &i in &out_order {
-        if !desc_names[did[i] as usize].is_empty() {
-            desc_pairs.push(pack(pid[i], did[i]));
-        }
-        country_pairs.push(pack(pid[i], cid[i]));
-        invoice_pairs.push(pack(pid[i], inv[i]));
-    }
-    let desc_mode = mode_per_product(desc_pairs, &desc_names, n_products);
-    let country_mode = mode_per_product(country_pairs, &country_names, n_products);
-    let mut invoices_per_product = vec![0u64; n_products];
-    for key in distinct_pairs(invoice_pairs) {
-        invoices_per_product[(key >> 32) as usize] += 1;
-    }
     let mut summary_rows = Vec::new();
     let mut context_rows: Vec<usize> = Vec::new();
     let mut without_train = 0u64;
@@ -633,37 +759,37 @@ pub fn build_features(
     by_code.sort_unstable_by_key(|&p| product_names[p]);
     for p in by_code {
         let code = product_names[p];
-        let rows = &per_product_rows[p];
+        let rows = rows_of(p);
         if rows.is_empty() {
             continue;
         }
-        let p = p as u32;
-        let prices = &mut all_prices[p as usize];
-        prices.sort_by(f64::total_cmp);
-        let reference = refs[p as usize];
+        let st = &stats[p];
+        let reference = st.reference;
         if reference.max.is_nan() {
             without_train += 1;
         }
         summary_rows.push(SummaryRow {
             stock_code: code.to_string(),
-            description: desc_mode[p as usize]
+            description: st
+                .description
                 .map(|d| desc_names[d as usize].to_string())
                 .unwrap_or_default(),
             n_lines: rows.len() as f64,
-            n_invoices: invoices_per_product[p as usize] as f64,
-            price_min: prices.first().copied().unwrap_or(f64::NAN),
-            price_p05: quantile_sorted(prices, 0.05),
-            price_median: median_sorted(prices),
-            price_p95: quantile_sorted(prices, 0.95),
-            price_max: prices.last().copied().unwrap_or(f64::NAN),
+            n_invoices: st.invoices as f64,
+            price_min: st.prices[0],
+            price_p05: st.prices[1],
+            price_median: st.prices[2],
+            price_p95: st.prices[3],
+            price_max: st.prices[4],
             ref_price_max: reference.max,
             ref_price_mean: reference.mean,
             ref_price_median: reference.median,
-            popularity: popularity[p as usize],
-            usual_country: country_mode[p as usize]
+            popularity: st.popularity,
+            usual_country: st
+                .country
                 .map(|c| country_names[c as usize].to_string())
                 .unwrap_or_default(),
-            last_month_quantity: monthly_quantity(p, last_ym),
+            last_month_quantity: monthly_quantity(p as u32, last_ym),
             first_seen: out_ts[rows[0]],
             last_seen: out_ts[rows[rows.len() - 1]],
         });
@@ -677,10 +803,7 @@ pub fn build_features(
             .map(|&r| r as polars::prelude::IdxSize)
             .collect(),
     );
-    let context_df: DataFrame = table.dataframe().take(&idx)?;
-    let contexts = ProductContexts {
-        table: FeatureTable::from_dataframe(context_df)?,
-    };
+    let contexts = table.take(&idx)?;
 
     let report = FeatureReport {
         rows_in: n as u64,
@@ -692,10 +815,10 @@ pub fn build_features(
         window: window.readable.clone(),
         rows_per_part,
     };
-    Ok(FeatureOutputs {
+    Ok(FeatureFiles {
         table,
-        summary: ProductSummary { rows: summary_rows },
         contexts,
+        summary: ProductSummary { rows: summary_rows },
         window,
         report,
     })
@@ -751,6 +874,40 @@ mod tests {
             ]
         );
         assert_eq!(stored.len(), STORED);
+    }
+
+    #[test]
+    fn the_stage_files_are_the_bytes_of_the_typed_outputs() {
+        let t = tx(&[
+            ("1", "A", 5, "2011-01-10", 1.0, None),
+            ("2", "B", 7, "2011-01-12", 2.5, Some(12345)),
+            ("2", "A", 3, "2011-01-12", 1.1, Some(12345)),
+            ("3", "A", 2, "2011-02-03", 0.9, Some(777)),
+            ("4", "B", 1, "2011-03-01", 2.4, None),
+            ("5", "A", 4, "2011-03-20", 1.2, Some(12345)),
+        ]);
+        let p = FeatureParams {
+            recent_contexts: 2,
+            ..FeatureParams::default()
+        };
+        let files = build_feature_files(&t, &p, None).unwrap_or_else(|e| panic!("{e}"));
+        let (table, contexts) = (
+            files.table_parquet().unwrap_or_else(|e| panic!("{e}")),
+            files.contexts_parquet().unwrap_or_else(|e| panic!("{e}")),
+        );
+        let out = files.into_outputs().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out.table.len(), 6);
+        assert_eq!(out.contexts.table.len(), 4);
+        assert_eq!(
+            table,
+            out.table.to_parquet().unwrap_or_else(|e| panic!("{e}"))
+        );
+        assert_eq!(
+            contexts,
+            out.contexts.to_parquet().unwrap_or_else(|e| panic!("{e}"))
+        );
+        let read = FeatureTable::from_parquet(&table).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read.dataframe().equals_missing(out.table.dataframe()));
     }
 
     #[test]

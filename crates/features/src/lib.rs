@@ -32,8 +32,8 @@ mod split;
 mod table;
 
 pub use engineer::{
-    FeatureOutputs, FeatureParams, FeatureReport, PriceRef, SplitRule, TrainWindow, build_features,
-    median, price_features,
+    FeatureFiles, FeatureOutputs, FeatureParams, FeatureReport, PriceRef, SplitRule, TrainWindow,
+    build_feature_files, build_features, median, price_features,
 };
 pub use preprocess::{
     NumericColumn, PreprocessParams, Preprocessor, Scaling, TargetEncoding, Transform,

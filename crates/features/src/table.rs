@@ -253,10 +253,11 @@ fn strs<'a>(df: &'a DataFrame, name: &str) -> Result<Vec<&'a str>> {
 }
 
 impl FeatureTable {
-    /// Builds the table from the [`ID_COLUMNS`] (a frame of them) and one
-    /// vector per [`NUMERIC_FEATURES`] entry that is not derived, in order;
-    /// the [`DERIVED_FEATURES`] are computed.
-    pub(crate) fn from_parts(ids: DataFrame, stored: Vec<Vec<f64>>) -> Result<Self> {
+    /// The frame a table's parquet file holds, from the [`ID_COLUMNS`] (a
+    /// frame of them) and one vector per [`NUMERIC_FEATURES`] entry that is
+    /// not derived, in order. [`FeatureTable::from_dataframe`] on it
+    /// computes the [`DERIVED_FEATURES`].
+    pub(crate) fn stored_frame(ids: DataFrame, stored: Vec<Vec<f64>>) -> Result<DataFrame> {
         let mut df = ids.select(ID_COLUMNS)?;
         let names = NUMERIC_FEATURES
             .iter()
@@ -264,7 +265,7 @@ impl FeatureTable {
         for (name, values) in names.zip(stored) {
             df.with_column(Column::new((*name).into(), values))?;
         }
-        Self::from_dataframe(df)
+        Ok(df)
     }
 
     /// Wraps a frame after checking the columns; the [`DERIVED_FEATURES`] it

@@ -362,15 +362,16 @@ fn features_stage(
     );
     bar.set_message(format!("engineering features for {} rows", tx.len()));
     let t0 = std::time::Instant::now();
-    let out = features::build_features(&tx, params, k.stockcode.as_deref())?;
+    let out = features::build_feature_files(&tx, params, k.stockcode.as_deref())?;
+    drop(tx);
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "features: build");
     let t0 = std::time::Instant::now();
     bar.set_message("writing features");
     // Serialise the three tables on separate threads, then store them.
     let (table, summary, contexts) = std::thread::scope(|s| {
         let summary = s.spawn(|| out.summary.to_parquet());
-        let contexts = s.spawn(|| out.contexts.to_parquet());
-        let table = out.table.to_parquet();
+        let contexts = s.spawn(|| out.contexts_parquet());
+        let table = out.table_parquet();
         (table, summary.join(), contexts.join())
     });
     w.put(&k.features, &table?)?;
