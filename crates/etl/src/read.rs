@@ -132,22 +132,48 @@ impl TextColumn {
     }
 }
 
-/// Builds a [`TextColumn`].
+/// Builds a [`TextColumn`]. Fields are looked up by their bytes, so only a
+/// value seen for the first time is checked to be UTF-8; fields of up to 15
+/// bytes (codes, numbers, most countries) are keyed by one integer, with no
+/// string comparison.
 #[derive(Default)]
 struct Interner {
     column: TextColumn,
-    index: rustc_hash::FxHashMap<Box<str>, u32>,
+    short: rustc_hash::FxHashMap<u128, u32>,
+    long: rustc_hash::FxHashMap<Box<[u8]>, u32>,
+}
+
+/// A field of up to 15 bytes as one integer: the bytes, then the length.
+fn short_key(bytes: &[u8]) -> Option<u128> {
+    let mut key = [0u8; 16];
+    key.get_mut(..bytes.len())?.copy_from_slice(bytes);
+    key[15] = u8::try_from(bytes.len()).ok().filter(|&n| n < 16)?;
+    Some(u128::from_le_bytes(key))
 }
 
 impl Interner {
-    fn push(&mut self, value: &str) -> Result<()> {
-        let id = match self.index.get(value) {
+    /// Appends a field; `invalid` makes the error for bytes that are not UTF-8.
+    fn push(
+        &mut self,
+        bytes: &[u8],
+        invalid: impl FnOnce(std::str::Utf8Error) -> EtlError,
+    ) -> Result<()> {
+        let key = short_key(bytes);
+        let known = match key {
+            Some(k) => self.short.get(&k),
+            None => self.long.get(bytes),
+        };
+        let id = match known {
             Some(&id) => id,
             None => {
+                let value = std::str::from_utf8(bytes).map_err(invalid)?;
                 let id = u32::try_from(self.column.values.len())
                     .map_err(|_| EtlError::Schema("more than 2^32 distinct values".into()))?;
                 self.column.values.push(value.into());
-                self.index.insert(value.into(), id);
+                match key {
+                    Some(k) => self.short.insert(k, id),
+                    None => self.long.insert(bytes.into(), id),
+                };
                 id
             }
         };
@@ -441,14 +467,13 @@ fn parse_csv<R: Read>(input: R, file: &str, max_bytes: u64) -> Result<RawTable> 
         }
         for ((col, name, index), interner) in mapping.iter().zip(interners.iter_mut()) {
             let bytes = record.get(*index).unwrap_or(b"");
-            let text = std::str::from_utf8(bytes).map_err(|e| EtlError::InvalidField {
+            interner.push(bytes, |e| EtlError::InvalidField {
                 file: file.to_string(),
                 line,
                 column: name.clone(),
                 value: String::from_utf8_lossy(bytes).chars().take(80).collect(),
                 problem: format!("not valid UTF-8 ({e}) in column {}", col.name()),
             })?;
-            interner.push(text)?;
         }
         lines.push(u32::try_from(line).map_err(|_| EtlError::Csv {
             file: file.to_string(),
@@ -469,4 +494,48 @@ fn parse_csv<R: Read>(input: R, file: &str, max_bytes: u64) -> Result<RawTable> 
             .collect(),
         lines,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_fields_share_an_id_and_no_two_different_fields_do() {
+        let fields: [&[u8]; 9] = [
+            b"",
+            b"A",
+            b"A\0",
+            b"85123A",
+            b"exactly15bytes!",
+            b"exactly16bytes!!",
+            b"a description longer than fifteen bytes",
+            b"85123A",
+            b"exactly16bytes!!",
+        ];
+        let mut interner = Interner::default();
+        for f in fields {
+            interner
+                .push(f, |e| panic!("{e}"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let col = interner.column;
+        assert_eq!(col.ids(), [0, 1, 2, 3, 4, 5, 6, 3, 5]);
+        let back: Vec<&[u8]> = col.iter().map(str::as_bytes).collect();
+        assert_eq!(back, fields);
+    }
+
+    #[test]
+    fn a_field_that_is_not_utf8_is_an_error_even_after_valid_ones() {
+        let mut interner = Interner::default();
+        let invalid = |_| EtlError::Params("not UTF-8".into());
+        assert!(interner.push(b"caf\xc3\xa9", invalid).is_ok());
+        assert!(interner.push(b"caf\xe9", invalid).is_err());
+        assert!(
+            interner
+                .push(b"a long field that ends badly \xff", invalid)
+                .is_err()
+        );
+        assert_eq!(interner.column.len(), 1);
+    }
 }
