@@ -17,7 +17,6 @@
 //! bytes.
 
 use std::io::Cursor;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use polars::prelude::*;
 use polars_parquet::read::ParquetError;
@@ -91,14 +90,16 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
             for batch in part.iter_chunks(CompatLevel::newest(), false) {
                 let rows = batch.len() as u64;
                 let columns = batch.columns();
-                let pages = on_every_core(columns.len(), |i| {
+                let pages = crate::map_on_every_core(columns.len(), 1, |i| {
                     encode_column(
                         &columns[i],
                         &self.fields[i],
                         &self.encodings[i],
                         self.options,
                     )
-                })?;
+                })
+                .into_iter()
+                .collect::<PolarsResult<Vec<_>>>()?;
                 let leaves: Vec<Vec<CompressedPage>> = pages.into_iter().flatten().collect();
                 let group = DynIter::new(leaves.iter().map(|leaf| {
                     Ok(DynStreamingIterator::new(
@@ -137,41 +138,6 @@ fn encode_column(
                 .collect()
         })
         .collect()
-}
-
-/// `f(0..n)` spread over the cores (each thread takes the next index), in
-/// index order.
-fn on_every_core<T: Send>(
-    n: usize,
-    f: impl Fn(usize) -> PolarsResult<T> + Sync,
-) -> PolarsResult<Vec<T>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |c| c.get())
-        .min(n);
-    if threads <= 1 {
-        return (0..n).map(f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let work = || {
-        let mut done = Vec::new();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= n {
-                return done;
-            }
-            done.push((i, f(i)));
-        }
-    };
-    let mut results: Vec<(usize, PolarsResult<T>)> = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in helpers {
-            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        all
-    });
-    results.sort_unstable_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]

@@ -211,16 +211,6 @@ pub struct FeatureFiles {
 }
 
 impl FeatureFiles {
-    /// Rows in the feature table.
-    pub fn len(&self) -> usize {
-        self.table.height()
-    }
-
-    /// Whether the feature table has no rows.
-    pub fn is_empty(&self) -> bool {
-        self.table.height() == 0
-    }
-
     /// The feature table's parquet bytes (those of [`FeatureTable::to_parquet`]).
     pub fn table_parquet(&self) -> Result<Vec<u8>> {
         Ok(etl::write_parquet(&self.table)?)
@@ -628,21 +618,19 @@ pub fn build_feature_files(
         *slot += 1;
     }
     let rows_of = |p: usize| &grouped[starts[p]..starts[p + 1]];
-    let stats: Vec<ProductStats> = crate::par::map_indices(n_products, |p| {
+    let columns = Columns {
+        ts,
+        unit_price,
+        inv: &inv,
+        did: &did,
+        cid: &cid,
+        desc_names: &desc_names,
+        country_names: &country_names,
+        train_end: window.train_end,
+    };
+    let stats: Vec<ProductStats> = etl::map_on_every_core(n_products, 64, |p| {
         let rows: Vec<usize> = rows_of(p).iter().map(|&row| out_order[row]).collect();
-        ProductStats::of(
-            &rows,
-            &Columns {
-                ts,
-                unit_price,
-                inv: &inv,
-                did: &did,
-                cid: &cid,
-                desc_names: &desc_names,
-                country_names: &country_names,
-                train_end: window.train_end,
-            },
-        )
+        ProductStats::of(&rows, &columns)
     });
 
     // Customer histories at invoice level: (ts, spend), sorted.

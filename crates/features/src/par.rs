@@ -44,39 +44,6 @@ pub(crate) fn fill_columns<const N: usize, T: Default + Send>(
     (cols, tallies)
 }
 
-/// `f(0..n)` computed on every core (each thread takes the next block of
-/// indices), in index order.
-pub(crate) fn map_indices<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
-    const BLOCK: usize = 64;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |c| c.get())
-        .min(n.div_ceil(BLOCK));
-    if threads <= 1 {
-        return (0..n).map(f).collect();
-    }
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let work = || {
-        let mut done: Vec<(usize, Vec<T>)> = Vec::new();
-        loop {
-            let start = next.fetch_add(BLOCK, std::sync::atomic::Ordering::Relaxed);
-            if start >= n {
-                return done;
-            }
-            done.push((start, (start..(start + BLOCK).min(n)).map(&f).collect()));
-        }
-    };
-    let mut blocks = std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut all = work();
-        for h in helpers {
-            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
-        }
-        all
-    });
-    blocks.sort_unstable_by_key(|(start, _)| *start);
-    blocks.into_iter().flat_map(|(_, values)| values).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,16 +62,6 @@ mod tests {
                 (0..rows).map(|j| (2 * j) as f64).collect::<Vec<_>>()
             );
             assert_eq!(tallies.iter().sum::<usize>(), rows);
-        }
-    }
-
-    #[test]
-    fn every_index_is_mapped_once_in_order() {
-        for n in [0, 1, 63, 64, 65, 1000] {
-            assert_eq!(
-                map_indices(n, |i| 3 * i),
-                (0..n).map(|i| 3 * i).collect::<Vec<_>>()
-            );
         }
     }
 }
