@@ -461,11 +461,17 @@ fn data_from_a_workbook_gives_the_same_transactions_as_its_csv() {
     }
 }
 
-/// The outcomes recorded under `schedule/runs/`, oldest first.
+/// The outcomes recorded under `schedule/runs/`, oldest first. Only committed
+/// records count: a record still being written is a hidden temp file (`.tmp-*`)
+/// until its rename, and would otherwise sort first and be counted early.
 fn schedule_outcomes(out: &Path) -> Vec<String> {
     let dir = out.join("schedule/runs");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
