@@ -4,8 +4,10 @@
 # again under a new hash, and cargo never deletes the old one (a debug target
 # dir once reached 51 GB). This removes, in each profile's deps/, every
 # executable that a newer build of the same name supersedes. Libraries are
-# left alone (two versions of a crate can both be live). Idempotent; a build
-# rebuilds anything it still needs.
+# left alone (two versions of a crate can both be live). "Newest" is by
+# modification time, so a build switched back to an older configuration
+# relinks its executable once. Idempotent; a build rebuilds anything it still
+# needs.
 set -euo pipefail
 
 target="${CARGO_TARGET_DIR:-$HOME/.cache/price-prediction/target}"
