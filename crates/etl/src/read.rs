@@ -167,12 +167,8 @@ impl Interner {
     /// Appends a field.
     fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), PushError> {
         let key = short_key(bytes);
-        let known = match key {
-            Some(k) => self.short.get(&k),
-            None => self.long.get(bytes),
-        };
-        let id = match known {
-            Some(&id) => id,
+        let id = match self.find(key, bytes) {
+            Some(id) => id,
             None => {
                 let value = std::str::from_utf8(bytes).map_err(PushError::Utf8)?;
                 self.insert(key, value.into())?
@@ -185,14 +181,19 @@ impl Interner {
     /// The id of `value`, numbering it if it is new (no row is appended).
     fn intern(&mut self, value: Box<str>) -> std::result::Result<u32, PushError> {
         let key = short_key(value.as_bytes());
-        let known = match key {
-            Some(k) => self.short.get(&k),
-            None => self.long.get(value.as_bytes()),
-        };
-        match known {
-            Some(&id) => Ok(id),
+        match self.find(key, value.as_bytes()) {
+            Some(id) => Ok(id),
             None => self.insert(key, value),
         }
+    }
+
+    /// The id of a value seen before (`key` is its [`short_key`]).
+    fn find(&self, key: Option<u128>, bytes: &[u8]) -> Option<u32> {
+        match key {
+            Some(k) => self.short.get(&k),
+            None => self.long.get(bytes),
+        }
+        .copied()
     }
 
     /// Numbers a value not seen before.

@@ -148,14 +148,22 @@ fn read_header(block: &[u8], file: &str) -> Result<Option<(Layout, usize, u64)>>
 
 /// A block's records, with lines counted from the block's start (1 = its
 /// first line). Each worker interns into its own [`Interner`]s, kept from
-/// block to block: a column's ids are the worker's, and `new_values` are the
-/// values the worker first saw in this block, in the order it saw them.
+/// block to block.
 struct ParsedBlock {
     worker: usize,
-    columns: Vec<(Vec<Box<str>>, Vec<u32>)>,
+    columns: Vec<BlockColumn>,
     lines: Vec<u64>,
     /// Line breaks in the block.
     newlines: u64,
+}
+
+/// One column of a parsed block.
+struct BlockColumn {
+    /// The values the worker first saw in this block, in the order it saw
+    /// them (its ids for them follow those of its earlier blocks).
+    new_values: Vec<Box<str>>,
+    /// Each row's id, in the worker's numbering.
+    ids: Vec<u32>,
 }
 
 /// What is wrong with a record of a block (its line counted from the
@@ -228,12 +236,9 @@ fn parse_block(
         columns: interners
             .iter_mut()
             .zip(known)
-            .map(|(i, known)| {
-                let column = &mut i.column;
-                (
-                    column.values[known..].to_vec(),
-                    std::mem::take(&mut column.ids),
-                )
+            .map(|(i, known)| BlockColumn {
+                new_values: i.column.values[known..].to_vec(),
+                ids: std::mem::take(&mut i.column.ids),
             })
             .collect(),
         lines,
@@ -264,7 +269,7 @@ impl Merged<'_> {
                 .resize(block.worker + 1, vec![Vec::new(); columns]);
         }
         let global_ids = &mut self.global_ids[block.worker];
-        for ((global, (new_values, ids)), remap) in self
+        for ((global, BlockColumn { new_values, ids }), remap) in self
             .interners
             .iter_mut()
             .zip(block.columns)
