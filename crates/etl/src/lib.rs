@@ -17,6 +17,7 @@
 
 mod clean;
 mod costs;
+mod dictionary;
 mod par;
 mod parquet;
 mod read;
@@ -28,6 +29,7 @@ pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
 pub use costs::read_unit_costs;
+pub use dictionary::StringDictionary;
 pub use par::map_on_every_core;
 pub use parquet::{ParquetChunkWriter, ROW_GROUP_ROWS, read_parquet, write_parquet};
 pub use read::{

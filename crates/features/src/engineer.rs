@@ -341,30 +341,12 @@ fn year_months(ts: &[i64]) -> Vec<i32> {
 }
 
 /// Dense ids for the distinct values of a column (a missing value is ""),
-/// in first-seen order. A value equal to the previous row's (the lines of
-/// an invoice share its number and country) is not looked up again.
+/// in first-seen order ([`etl::StringDictionary`]: rows numbered by their
+/// views, strings compared only once per distinct view).
 fn intern(values: &StringChunked) -> (Vec<u32>, Vec<&str>) {
-    let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
-    let mut names: Vec<&str> = Vec::new();
-    let mut last: Option<(&str, u32)> = None;
-    let col = values
-        .iter()
-        .map(|v| {
-            let v = v.unwrap_or("");
-            if let Some((prev, id)) = last
-                && prev == v
-            {
-                return id;
-            }
-            let id = *ids.entry(v).or_insert_with(|| {
-                names.push(v);
-                (names.len() - 1) as u32
-            });
-            last = Some((v, id));
-            id
-        })
-        .collect();
-    (col, names)
+    let chunks: Vec<_> = values.downcast_iter().collect();
+    let etl::StringDictionary { ids, values } = etl::StringDictionary::of(&chunks, Some(""));
+    (ids, values)
 }
 
 /// The columns [`ProductStats::of`] reads, by row.

@@ -1,0 +1,206 @@
+//! The distinct values of a string column, found from its views.
+//!
+//! A string column (arrow's `Utf8View`) stores each row as a 16-byte view:
+//! strings of up to 12 bytes inline, longer ones as a buffer and offset.
+//! The columns of this pipeline are built by gathering from their distinct
+//! values (cleaning) or decoded from a parquet dictionary, so equal long
+//! strings share one place in one buffer and equal rows have equal views.
+//! [`StringDictionary::of`] therefore numbers the rows by view (a 16-byte
+//! integer key, no string hashed or compared per row) and then merges the
+//! distinct views that hold equal strings (equal strings stored twice, or
+//! in the buffers of different chunks), so the result is exact whatever the
+//! layout: the distinct strings in the order first seen, and each row's
+//! index into them, as hashing every row's string would give.
+
+use polars_arrow::array::{Array, Utf8ViewArray, View};
+use rustc_hash::FxHashMap;
+
+/// A string column's distinct values, first seen first, and each row's
+/// index into them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringDictionary<'a> {
+    /// Per row, the index of its value in `values` (0 for a missing value
+    /// when missing values are left out: mask it with the column's
+    /// validity).
+    pub ids: Vec<u32>,
+    /// The distinct values, in the order first seen.
+    pub values: Vec<&'a str>,
+}
+
+impl<'a> StringDictionary<'a> {
+    /// The dictionary of the rows of `chunks`, in turn. A missing value
+    /// counts as `missing` where that is given (and is numbered where first
+    /// seen, like any value); otherwise it is left out of `values`.
+    pub fn of(chunks: &[&'a Utf8ViewArray], missing: Option<&'a str>) -> Self {
+        let rows = chunks.iter().map(|c| c.len()).sum();
+        let mut ids = Vec::with_capacity(rows);
+        // First pass: one id per distinct view. A long string's view names
+        // a buffer of its own chunk, so its key carries the chunk (1-based);
+        // an inline view is its value, whatever the chunk.
+        let mut by_view: FxHashMap<(u32, u128), u32> = FxHashMap::default();
+        let mut view_values: Vec<&'a str> = Vec::new();
+        let mut missing_id: Option<u32> = None;
+        let mut last: Option<((u32, u128), u32)> = None;
+        for (chunk, array) in (1u32..).zip(chunks) {
+            let views = array.views();
+            let validity = array.validity().filter(|v| v.unset_bits() > 0);
+            for (row, view) in views.iter().enumerate() {
+                if validity.is_some_and(|v| !v.get_bit(row)) {
+                    let id = match missing {
+                        None => 0,
+                        Some(value) => *missing_id.get_or_insert_with(|| {
+                            view_values.push(value);
+                            (view_values.len() - 1) as u32
+                        }),
+                    };
+                    ids.push(id);
+                    continue;
+                }
+                let key = if view.length <= View::MAX_INLINE_SIZE {
+                    (0, view.as_u128())
+                } else {
+                    (chunk, view.as_u128())
+                };
+                if let Some((last_key, id)) = last
+                    && last_key == key
+                {
+                    ids.push(id);
+                    continue;
+                }
+                let id = *by_view.entry(key).or_insert_with(|| {
+                    view_values.push(array.value(row));
+                    (view_values.len() - 1) as u32
+                });
+                last = Some((key, id));
+                ids.push(id);
+            }
+        }
+        // Second pass, over the distinct views only: merge those that hold
+        // equal strings, keeping the order in which each string was first
+        // seen.
+        let mut by_value: FxHashMap<&'a str, u32> =
+            FxHashMap::with_capacity_and_hasher(view_values.len(), Default::default());
+        let mut values: Vec<&'a str> = Vec::with_capacity(view_values.len());
+        let remap: Vec<u32> = view_values
+            .iter()
+            .map(|&value| {
+                *by_value.entry(value).or_insert_with(|| {
+                    values.push(value);
+                    (values.len() - 1) as u32
+                })
+            })
+            .collect();
+        if values.len() < view_values.len() {
+            for id in &mut ids {
+                *id = remap[*id as usize];
+            }
+        }
+        Self { ids, values }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::{ChunkTake, IdxCa, IdxSize, NewChunkedArray, StringChunked};
+    use polars_arrow::array::MutableBinaryViewArray;
+
+    /// Hashing every row's string: what the dictionary must equal.
+    fn by_string<'a>(
+        chunks: &[&'a Utf8ViewArray],
+        missing: Option<&'a str>,
+    ) -> StringDictionary<'a> {
+        let mut seen: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut out = StringDictionary {
+            ids: Vec::new(),
+            values: Vec::new(),
+        };
+        for value in chunks.iter().flat_map(|c| c.iter()) {
+            let Some(value) = value.or(missing) else {
+                out.ids.push(0);
+                continue;
+            };
+            let id = *seen.entry(value).or_insert_with(|| {
+                out.values.push(value);
+                (out.values.len() - 1) as u32
+            });
+            out.ids.push(id);
+        }
+        out
+    }
+
+    fn column(values: &[Option<&str>]) -> Utf8ViewArray {
+        let mut out = MutableBinaryViewArray::<str>::new();
+        for v in values {
+            out.push(*v);
+        }
+        out.into()
+    }
+
+    const LONG: &str = "WHITE HANGING HEART T-LIGHT HOLDER";
+
+    #[test]
+    fn equal_strings_stored_apart_or_in_other_chunks_get_one_id() {
+        // Every push of a long string stores it again: equal strings, unequal
+        // views. The second chunk has buffers of its own.
+        let a = column(&[
+            Some(LONG),
+            Some("85123A"),
+            None,
+            Some(LONG),
+            Some(""),
+            Some("85123A"),
+        ]);
+        let b = column(&[
+            Some("POSTAGE"),
+            Some(LONG),
+            None,
+            Some("85123A"),
+            Some(LONG),
+        ]);
+        for missing in [None, Some(""), Some("Unknown")] {
+            let got = StringDictionary::of(&[&a, &b], missing);
+            assert_eq!(got, by_string(&[&a, &b], missing), "{missing:?}");
+        }
+        let got = StringDictionary::of(&[&a, &b], None);
+        assert_eq!(got.values, [LONG, "85123A", "", "POSTAGE"]);
+        assert_eq!(got.ids, [0, 1, 0, 0, 2, 1, 3, 0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn shared_views_and_gathered_rows_match_hashing_every_string() {
+        // Gathering from distinct values shares each long string's place.
+        let distinct =
+            StringChunked::from_slice("v".into(), &[LONG, "A", "a much longer value than twelve"]);
+        let rows: Vec<IdxSize> = (0..500).map(|i| (i * 7 + i / 3) % 3).collect();
+        let gathered = distinct
+            .take(&IdxCa::from_vec("i".into(), rows))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let chunks: Vec<&Utf8ViewArray> = gathered.downcast_iter().collect();
+        let places: rustc_hash::FxHashSet<(u32, u32)> = chunks[0]
+            .views()
+            .iter()
+            .filter(|v| v.length > View::MAX_INLINE_SIZE)
+            .map(|v| (v.buffer_idx, v.offset))
+            .collect();
+        assert_eq!(places.len(), 2, "each long string stored once");
+        let gathered = chunks[0];
+        let got = StringDictionary::of(&[gathered], None);
+        assert_eq!(got, by_string(&[gathered], None));
+        assert_eq!(got.values.len(), 3);
+    }
+
+    #[test]
+    fn an_all_missing_or_empty_column_has_no_values() {
+        let a = column(&[None, None]);
+        assert_eq!(
+            StringDictionary::of(&[&a], None),
+            StringDictionary {
+                ids: vec![0, 0],
+                values: vec![]
+            }
+        );
+        assert_eq!(StringDictionary::of(&[&a], Some("")).values, [""]);
+        assert_eq!(StringDictionary::of(&[], None).ids, Vec::<u32>::new());
+    }
+}
