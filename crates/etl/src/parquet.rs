@@ -6,10 +6,10 @@
 //! - the columns of a row group are encoded and compressed on every core,
 //!   eagerly (polars' writer hands the file writer lazy pages, so encoding
 //!   and compression run on the one thread that writes the file);
-//! - float columns are written plain: polars tries a dictionary on every
-//!   column, hashing a float column to estimate its cardinality, and then
-//!   drops the dictionary for the prices, ratios and standardised values
-//!   these artifacts hold.
+//! - dictionaries are built here (`dictionary`): string columns from
+//!   their views, float columns by their bits where the values repeat
+//!   (plain where they do not), instead of polars-parquet's cardinality
+//!   estimate and hash group-by over every row.
 //!
 //! The rest is as polars writes it: LZ4 (raw) pages, min/max/null-count
 //! statistics, row groups of [`ROW_GROUP_ROWS`] rows, the arrow schema in
