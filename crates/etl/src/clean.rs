@@ -591,17 +591,30 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     report.countries = distinct_kept(&keep_country, &countries);
     report.customers = keep_cust.iter().flatten().collect::<FxHashSet<_>>().len() as u64;
 
+    // The four gathers are independent: two on each core.
+    let ((invoice_no, stock_code), (description, country)) = std::thread::scope(|s| {
+        let other = s.spawn(|| {
+            (
+                gather("description", &descriptions, keep_desc),
+                gather("country", &countries, keep_country),
+            )
+        });
+        let here = (
+            gather("invoice_no", &invoices, keep_invoice),
+            gather("stock_code", &stock_codes, keep_stock),
+        );
+        let other = other
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (here, other)
+    });
     let tx = Transactions::from_string_series(
-        [
-            gather("invoice_no", &invoices, keep_invoice)?,
-            gather("stock_code", &stock_codes, keep_stock)?,
-            gather("description", &descriptions, keep_desc)?,
-        ],
+        [invoice_no?, stock_code?, description?],
         keep_qty,
         keep_ts,
         keep_price,
         keep_cust,
-        gather("country", &countries, keep_country)?,
+        country?,
     )?;
     Ok((tx, report))
 }
