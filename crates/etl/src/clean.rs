@@ -592,22 +592,20 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     report.customers = keep_cust.iter().flatten().collect::<FxHashSet<_>>().len() as u64;
 
     // The four gathers are independent: two on each core.
-    let ((invoice_no, stock_code), (description, country)) = std::thread::scope(|s| {
-        let other = s.spawn(|| {
+    let ((invoice_no, stock_code), (description, country)) = crate::join(
+        || {
+            (
+                gather("invoice_no", &invoices, keep_invoice),
+                gather("stock_code", &stock_codes, keep_stock),
+            )
+        },
+        || {
             (
                 gather("description", &descriptions, keep_desc),
                 gather("country", &countries, keep_country),
             )
-        });
-        let here = (
-            gather("invoice_no", &invoices, keep_invoice),
-            gather("stock_code", &stock_codes, keep_stock),
-        );
-        let other = other
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (here, other)
-    });
+        },
+    );
     let tx = Transactions::from_string_series(
         [invoice_no?, stock_code?, description?],
         keep_qty,

@@ -35,6 +35,15 @@ pub fn map_on_every_core<T: Send>(n: usize, block: usize, f: impl Fn(usize) -> T
     blocks.into_iter().flat_map(|(_, values)| values).collect()
 }
 
+/// Runs `a` here and `b` on a thread of its own, and returns both results.
+pub fn join<A, B: Send>(a: impl FnOnce() -> A, b: impl FnOnce() -> B + Send) -> (A, B) {
+    std::thread::scope(|s| {
+        let b = s.spawn(b);
+        let a = a();
+        (a, b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

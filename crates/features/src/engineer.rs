@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use etl::{Transactions, civil_from_micros, format_micros, micros_from_civil};
+use etl::{Transactions, civil_from_micros, format_micros, join, micros_from_civil};
 use polars::prelude::{DataFrame, IdxCa, IdxSize, StringChunked};
 use serde::{Deserialize, Serialize};
 
@@ -448,15 +448,6 @@ fn mode(values: &mut [u32], names: &[&str]) -> Option<u32> {
         }
     }
     best.map(|(v, _)| v)
-}
-
-/// Runs `a` here and `b` on a thread of its own, and returns both results.
-fn join<A, B: Send>(a: impl FnOnce() -> A, b: impl FnOnce() -> B + Send) -> (A, B) {
-    std::thread::scope(|s| {
-        let b = s.spawn(b);
-        let a = a();
-        (a, b.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-    })
 }
 
 /// How many of [`NUMERIC_FEATURES`] the row loop computes (the rest are
