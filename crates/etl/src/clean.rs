@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use crate::hash::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
 use polars::prelude::{IdxCa, IdxSize, NamedFrom, Series};
@@ -356,7 +356,7 @@ fn distinct_kept(ids: &[u32], values: &[&str]) -> u64 {
     for &id in ids {
         seen[id as usize] = true;
     }
-    let kept: FxHashSet<&str> = values
+    let kept: HashSet<&str> = values
         .iter()
         .zip(seen)
         .filter_map(|(v, s)| s.then_some(*v))
@@ -407,7 +407,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     let (date_lo, date_hi) = params.date_window()?;
     let pattern = Regex::new(&params.product_code_pattern)
         .map_err(|e| EtlError::Params(format!("product_code_pattern: {e}")))?;
-    let excluded: FxHashSet<&str> = params
+    let excluded: HashSet<&str> = params
         .excluded_stock_codes
         .iter()
         .map(|s| s.as_str())
@@ -459,7 +459,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         ..Default::default()
     };
     let mut dropped = [0u64; DropReason::ALL.len()];
-    let mut non_product: FxHashMap<&str, u64> = FxHashMap::default();
+    let mut non_product: HashMap<&str, u64> = HashMap::default();
     let (mut customer_missing, mut customer_unparsable) = (0u64, 0u64);
     let (mut country_missing, mut description_missing) = (0u64, 0u64);
 
@@ -589,7 +589,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         .collect();
     report.products = distinct_kept(&keep_stock, &stock_codes);
     report.countries = distinct_kept(&keep_country, &countries);
-    report.customers = keep_cust.iter().flatten().collect::<FxHashSet<_>>().len() as u64;
+    report.customers = keep_cust.iter().flatten().collect::<HashSet<_>>().len() as u64;
 
     // The four gathers are independent: two on each core.
     let ((invoice_no, stock_code), (description, country)) = crate::join(

@@ -12,8 +12,8 @@
 //! layout: the distinct strings in the order first seen, and each row's
 //! index into them, as hashing every row's string would give.
 
+use crate::hash::HashMap;
 use polars_arrow::array::{Array, Utf8ViewArray, View};
-use rustc_hash::FxHashMap;
 
 /// A string column's distinct values, first seen first, and each row's
 /// index into them.
@@ -37,7 +37,7 @@ impl<'a> StringDictionary<'a> {
         // First pass: one id per distinct view. A long string's view names
         // a buffer of its own chunk, so its key carries the chunk (1-based);
         // an inline view is its value, whatever the chunk.
-        let mut by_view: FxHashMap<(u32, u128), u32> = FxHashMap::default();
+        let mut by_view: HashMap<(u32, u128), u32> = HashMap::default();
         let mut view_values: Vec<&'a str> = Vec::new();
         let mut missing_id: Option<u32> = None;
         let mut last: Option<((u32, u128), u32)> = None;
@@ -78,8 +78,8 @@ impl<'a> StringDictionary<'a> {
         // Second pass, over the distinct views only: merge those that hold
         // equal strings, keeping the order in which each string was first
         // seen.
-        let mut by_value: FxHashMap<&'a str, u32> =
-            FxHashMap::with_capacity_and_hasher(view_values.len(), Default::default());
+        let mut by_value: HashMap<&'a str, u32> =
+            HashMap::with_capacity_and_hasher(view_values.len(), Default::default());
         let mut values: Vec<&'a str> = Vec::with_capacity(view_values.len());
         let remap: Vec<u32> = view_values
             .iter()
@@ -110,7 +110,7 @@ mod tests {
         chunks: &[&'a Utf8ViewArray],
         missing: Option<&'a str>,
     ) -> StringDictionary<'a> {
-        let mut seen: FxHashMap<&str, u32> = FxHashMap::default();
+        let mut seen: HashMap<&str, u32> = HashMap::default();
         let mut out = StringDictionary {
             ids: Vec::new(),
             values: Vec::new(),
@@ -177,7 +177,7 @@ mod tests {
             .take(&IdxCa::from_vec("i".into(), rows))
             .unwrap_or_else(|e| panic!("{e}"));
         let chunks: Vec<&Utf8ViewArray> = gathered.downcast_iter().collect();
-        let places: rustc_hash::FxHashSet<(u32, u32)> = chunks[0]
+        let places: crate::hash::HashSet<(u32, u32)> = chunks[0]
             .views()
             .iter()
             .filter(|v| v.length > View::MAX_INLINE_SIZE)

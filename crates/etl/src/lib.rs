@@ -18,6 +18,7 @@
 mod clean;
 mod costs;
 mod dictionary;
+pub mod hash;
 mod par;
 mod parquet;
 mod read;

@@ -29,8 +29,8 @@ use polars_parquet::write::{
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8ViewArray};
 use polars_arrow::bitmap::Bitmap;
 use polars_arrow::datatypes::IntegerType;
-use rustc_hash::FxHashMap;
 
+use crate::hash::HashMap;
 use crate::{Result, StringDictionary};
 
 /// Rows per row group (polars' default).
@@ -225,7 +225,7 @@ fn float_dictionary(floats: &PrimitiveArray<f64>) -> Option<(Vec<u32>, Vec<f64>)
     let limit = if rows <= 128 { rows } else { rows * 3 / 4 };
     let validity = floats.validity().filter(|v| v.unset_bits() > 0);
     let mut ids = Vec::with_capacity(rows);
-    let mut seen: FxHashMap<u64, u32> = FxHashMap::default();
+    let mut seen: HashMap<u64, u32> = HashMap::default();
     let mut values = Vec::new();
     let mut last: Option<(u64, u32)> = None;
     for (row, value) in floats.values().iter().enumerate() {

@@ -144,8 +144,8 @@ impl TextColumn {
 #[derive(Default)]
 struct Interner {
     column: TextColumn,
-    short: rustc_hash::FxHashMap<u128, u32>,
-    long: rustc_hash::FxHashMap<Box<[u8]>, u32>,
+    short: crate::hash::HashMap<u128, u32>,
+    long: crate::hash::HashMap<Box<[u8]>, u32>,
 }
 
 /// A field of up to 15 bytes as one integer: the bytes, then the length.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rustc_hash::FxHashMap;
+use etl::hash::HashMap;
 
 use etl::{Transactions, civil_from_micros, format_micros, join, micros_from_civil};
 use polars::prelude::{DataFrame, IdxCa, IdxSize, StringChunked};
@@ -615,11 +615,11 @@ pub fn build_feature_files(
             e.2 += quantity[i] as f64 * unit_price[i];
         }
     }
-    let mut per_customer: FxHashMap<i64, Vec<(i64, f64)>> = FxHashMap::default();
+    let mut per_customer: HashMap<i64, Vec<(i64, f64)>> = HashMap::default();
     for (c, t, s) in invoice_agg.into_iter().flatten() {
         per_customer.entry(c).or_default().push((t, s));
     }
-    let histories: FxHashMap<i64, CustomerHistory> = per_customer
+    let histories: HashMap<i64, CustomerHistory> = per_customer
         .into_iter()
         .map(|(c, mut inv)| {
             inv.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
