@@ -32,7 +32,10 @@ pub use clean::{
 pub use costs::read_unit_costs;
 pub use dictionary::StringDictionary;
 pub use par::{join, map_on_every_core};
-pub use parquet::{ParquetChunkWriter, ROW_GROUP_ROWS, read_parquet, write_parquet};
+pub use parquet::{
+    EncodedColumns, ParquetChunkWriter, ROW_GROUP_ROWS, read_parquet, read_parquet_keeping_pages,
+    write_parquet, write_parquet_reusing,
+};
 pub use read::{
     Column, DEFAULT_MAX_DECOMPRESSED_BYTES, RawTable, TextColumn, read_raw_bytes, read_raw_file,
     read_raw_file_limited,

@@ -15,6 +15,13 @@
 //! statistics, row groups of [`ROW_GROUP_ROWS`] rows, the arrow schema in
 //! the footer. Any parquet reader reads the files; equal frames give equal
 //! bytes.
+//!
+//! A stage that writes some of its input's columns unchanged (the features
+//! table repeats seven of the transactions' columns) reads that input with
+//! [`read_parquet_keeping_pages`] and writes with [`write_parquet_reusing`]:
+//! a column whose values, type and row groups equal the input's is written
+//! by copying the input's encoded pages, which are the bytes encoding it
+//! again would give.
 
 use std::io::Cursor;
 
@@ -46,6 +53,148 @@ pub fn write_parquet(df: &DataFrame) -> Result<Vec<u8>> {
 /// Reads a frame from parquet bytes.
 pub fn read_parquet(bytes: &[u8]) -> Result<DataFrame> {
     Ok(ParquetReader::new(Cursor::new(bytes)).finish()?)
+}
+
+/// Writes a frame to parquet bytes, copying the encoded pages of every
+/// column that `source` holds with equal values, type and row groups
+/// instead of encoding it again: the same bytes as [`write_parquet`] where
+/// `source` was written by it, less work.
+pub fn write_parquet_reusing(df: &DataFrame, source: &EncodedColumns) -> Result<Vec<u8>> {
+    let mut writer = ParquetChunkWriter::new(Vec::new(), df.schema())?;
+    let reuse = writer.reusable(df, source);
+    writer.write_with(df, &reuse)?;
+    writer.finish()
+}
+
+/// The rows of each row group of a table of `rows` rows, as written here.
+fn row_group_sizes(rows: usize) -> Vec<usize> {
+    (0..rows)
+        .step_by(ROW_GROUP_ROWS)
+        .map(|start| ROW_GROUP_ROWS.min(rows - start))
+        .collect()
+}
+
+/// The column chunks of a parquet file as they are encoded, with the
+/// columns they decode to: what [`write_parquet_reusing`] copies.
+pub struct EncodedColumns {
+    rows_per_group: Vec<usize>,
+    columns: HashMap<String, EncodedColumn>,
+}
+
+/// One column of [`EncodedColumns`].
+struct EncodedColumn {
+    /// Its values, as decoded.
+    column: Column,
+    field: ParquetType,
+    compression: polars_parquet::parquet::compression::Compression,
+    /// Per row group, the column chunk's pages (a dictionary page first).
+    pages: Vec<Vec<CompressedPage>>,
+}
+
+impl EncodedColumns {
+    /// Keeps only the columns `keep` accepts (by name), freeing the rest.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.columns.retain(|name, _| keep(name));
+    }
+}
+
+impl std::fmt::Debug for EncodedColumns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&String> = self.columns.keys().collect();
+        names.sort();
+        f.debug_struct("EncodedColumns")
+            .field("rows_per_group", &self.rows_per_group)
+            .field("columns", &names)
+            .finish()
+    }
+}
+
+/// Reads a frame from parquet bytes, keeping each column's encoded pages
+/// for [`write_parquet_reusing`]. Only flat columns are kept.
+pub fn read_parquet_keeping_pages(bytes: Vec<u8>) -> Result<(DataFrame, EncodedColumns)> {
+    let mut df = read_parquet(&bytes)?;
+    df.rechunk_mut();
+    let meta = polars_parquet::read::read_metadata(&mut Cursor::new(&bytes))?;
+    let buffer = polars_buffer::Buffer::from_vec(bytes);
+    let fields = meta.schema().fields();
+    let mut columns: HashMap<String, EncodedColumn> = HashMap::default();
+    let flat = fields
+        .iter()
+        .all(|f| matches!(f, ParquetType::PrimitiveType(_)))
+        && meta
+            .row_groups
+            .iter()
+            .all(|g| g.parquet_columns().len() == fields.len());
+    if flat {
+        for (i, field) in fields.iter().enumerate() {
+            let name = field.name();
+            let Ok(column) = df.column(name) else {
+                continue;
+            };
+            let mut pages = Vec::with_capacity(meta.row_groups.len());
+            let mut compression = None;
+            for group in &meta.row_groups {
+                let chunk = &group.parquet_columns()[i];
+                compression = Some(chunk.compression());
+                pages.push(column_chunk_pages(chunk, &buffer)?);
+            }
+            let Some(compression) = compression else {
+                continue;
+            };
+            columns.insert(
+                name.to_string(),
+                EncodedColumn {
+                    column: column.clone(),
+                    field: field.clone(),
+                    compression,
+                    pages,
+                },
+            );
+        }
+    }
+    let rows_per_group = meta.row_groups.iter().map(|g| g.num_rows()).collect();
+    Ok((
+        df,
+        EncodedColumns {
+            rows_per_group,
+            columns,
+        },
+    ))
+}
+
+/// The pages of one column chunk, as a writer takes them.
+fn column_chunk_pages(
+    chunk: &polars_parquet::read::ColumnChunkMetadata,
+    file: &polars_buffer::Buffer<u8>,
+) -> PolarsResult<Vec<CompressedPage>> {
+    let mut reader = polars_parquet::parquet::read::get_page_iterator(
+        chunk,
+        Cursor::new(file.clone()),
+        Vec::new(),
+        usize::MAX,
+    )?;
+    let mut pages = Vec::new();
+    if let Some(dict) = reader.read_dict()? {
+        pages.push(CompressedPage::Dict(dict));
+    }
+    for page in reader {
+        let mut page = page?;
+        if let CompressedPage::Data(data) = &mut page {
+            // A flat column's page holds one value (or null) per row.
+            data.num_rows = Some(data.num_values());
+        }
+        pages.push(page);
+    }
+    if pages.is_empty() {
+        return Err(PolarsError::ComputeError(
+            format!(
+                "parquet column chunk `{}` has no pages",
+                chunk.descriptor().path_in_schema.join(".")
+            )
+            .into(),
+        ));
+    }
+    Ok(pages)
 }
 
 /// Writes one parquet file from frames of one schema, appended in turn, so
@@ -84,9 +233,40 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
         })
     }
 
+    /// Per column of `df`, the column of `source` whose pages it can copy:
+    /// same name, type, values and row groups, encoded as this writer
+    /// encodes (its parquet field and codec).
+    fn reusable<'s>(
+        &self,
+        df: &DataFrame,
+        source: &'s EncodedColumns,
+    ) -> Vec<Option<&'s EncodedColumn>> {
+        let same_groups = source.rows_per_group == row_group_sizes(df.height());
+        df.columns()
+            .iter()
+            .zip(&self.fields)
+            .map(|(column, field)| {
+                source.columns.get(column.name().as_str()).filter(|kept| {
+                    same_groups
+                        && kept.field == *field
+                        && kept.compression == self.options.compression.into()
+                        && kept.column.dtype() == column.dtype()
+                        && kept.column.equals_missing(column)
+                })
+            })
+            .collect()
+    }
+
     /// Appends the rows of `df` (of the writer's schema) as row groups of
     /// at most [`ROW_GROUP_ROWS`] rows.
     pub fn write(&mut self, df: &DataFrame) -> Result<()> {
+        self.write_with(df, &vec![None; df.width()])
+    }
+
+    /// [`ParquetChunkWriter::write`], copying the pages of the columns that
+    /// `reuse` names (those of row group `g` for the `g`-th group written).
+    fn write_with(&mut self, df: &DataFrame, reuse: &[Option<&EncodedColumn>]) -> Result<()> {
+        let mut group = 0;
         let mut offset = 0;
         while offset < df.height() {
             let len = ROW_GROUP_ROWS.min(df.height() - offset);
@@ -95,7 +275,17 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
             for batch in part.iter_chunks(CompatLevel::newest(), false) {
                 let rows = batch.len() as u64;
                 let columns = batch.columns();
+                let kept = |i: usize| {
+                    reuse
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .and_then(|c| c.pages.get(group))
+                };
                 let pages = crate::map_on_every_core(columns.len(), 1, |i| {
+                    if kept(i).is_some() {
+                        return Ok(Vec::new());
+                    }
                     encode_column(
                         &columns[i],
                         &self.fields[i],
@@ -105,13 +295,21 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
                 })
                 .into_iter()
                 .collect::<PolarsResult<Vec<_>>>()?;
-                let leaves: Vec<Vec<CompressedPage>> = pages.into_iter().flatten().collect();
-                let group = DynIter::new(leaves.iter().map(|leaf| {
+                let leaves: Vec<&[CompressedPage]> = pages
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, leaves)| match kept(i) {
+                        Some(copied) => vec![copied.as_slice()],
+                        None => leaves.iter().map(Vec::as_slice).collect(),
+                    })
+                    .collect();
+                let pages = DynIter::new(leaves.iter().map(|leaf| {
                     Ok(DynStreamingIterator::new(
                         fallible_streaming_iterator::convert(leaf.iter().map(Ok)),
                     ))
                 }));
-                self.file.write(rows, group)?;
+                self.file.write(rows, pages)?;
+                group += 1;
             }
             offset += len;
         }
@@ -344,6 +542,61 @@ mod tests {
         assert_eq!(dictionary("missing"), Some(true));
         assert_eq!(dictionary("unique"), Some(false));
         assert_eq!(dictionary("continuous"), Some(false));
+    }
+
+    #[test]
+    fn columns_equal_to_the_sources_are_copied_with_the_bytes_of_a_fresh_write() {
+        let rows = ROW_GROUP_ROWS + 700;
+        let source = frame(rows, 0);
+        let bytes = write_parquet(&source).unwrap_or_else(|e| panic!("{e}"));
+        let (read, kept) = read_parquet_keeping_pages(bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert!(read.equals_missing(&source));
+        assert_eq!(kept.rows_per_group, [ROW_GROUP_ROWS, 700]);
+
+        // Four columns as they were (nulls, dates, floats, strings), one
+        // changed, one new, in another order.
+        let mut changed = source
+            .column("qty")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .clone();
+        changed = (changed.as_materialized_series() * 2).into_column();
+        let new = Column::new(
+            "extra".into(),
+            (0..rows).map(|i| (i % 9) as f64).collect::<Vec<_>>(),
+        );
+        let kept_column = |name: &str| read.column(name).unwrap_or_else(|e| panic!("{e}")).clone();
+        let df = DataFrame::new(
+            rows,
+            vec![
+                kept_column("price"),
+                changed,
+                new,
+                kept_column("code"),
+                kept_column("customer"),
+                kept_column("ts"),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let writer =
+            ParquetChunkWriter::new(Vec::new(), df.schema()).unwrap_or_else(|e| panic!("{e}"));
+        let copied: Vec<bool> = writer
+            .reusable(&df, &kept)
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        assert_eq!(copied, [true, false, false, true, true, true]);
+        let reused = write_parquet_reusing(&df, &kept).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reused, write_parquet(&df).unwrap_or_else(|e| panic!("{e}")));
+        let back = read_parquet(&reused).unwrap_or_else(|e| panic!("{e}"));
+        assert!(back.equals_missing(&df));
+
+        // Other row groups (fewer rows): nothing is copied.
+        let fewer = df.slice(0, rows - 1);
+        assert!(writer.reusable(&fewer, &kept).iter().all(Option::is_none));
+        assert_eq!(
+            write_parquet_reusing(&fewer, &kept).unwrap_or_else(|e| panic!("{e}")),
+            write_parquet(&fewer).unwrap_or_else(|e| panic!("{e}"))
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use polars::prelude::*;
 
-use crate::parquet::{read_parquet, write_parquet};
+use crate::parquet::{EncodedColumns, read_parquet, read_parquet_keeping_pages, write_parquet};
 use crate::{EtlError, Result};
 
 /// Cleaned sales lines: one row per invoice line of a product sold at a
@@ -216,5 +216,13 @@ impl Transactions {
     /// Reads parquet bytes written by [`Transactions::to_parquet`], checking the schema.
     pub fn from_parquet(bytes: &[u8]) -> Result<Self> {
         Self::from_dataframe(read_parquet(bytes)?)
+    }
+
+    /// [`Transactions::from_parquet`], keeping the file's encoded columns
+    /// for a writer of a table that repeats some of them
+    /// ([`crate::write_parquet_reusing`]).
+    pub fn from_parquet_keeping_pages(bytes: Vec<u8>) -> Result<(Self, EncodedColumns)> {
+        let (df, pages) = read_parquet_keeping_pages(bytes)?;
+        Ok((Self::from_dataframe(df)?, pages))
     }
 }

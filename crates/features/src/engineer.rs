@@ -216,6 +216,14 @@ impl FeatureFiles {
         Ok(etl::write_parquet(&self.table)?)
     }
 
+    /// [`FeatureFiles::table_parquet`], copying the encoded pages of the
+    /// columns it shares with `transactions` (the file the table was built
+    /// from, read with [`etl::Transactions::from_parquet_keeping_pages`])
+    /// instead of encoding them again: the same bytes, less work.
+    pub fn table_parquet_reusing(&self, transactions: &etl::EncodedColumns) -> Result<Vec<u8>> {
+        Ok(etl::write_parquet_reusing(&self.table, transactions)?)
+    }
+
     /// The recent contexts' parquet bytes (those of [`ProductContexts::to_parquet`]).
     pub fn contexts_parquet(&self) -> Result<Vec<u8>> {
         Ok(etl::write_parquet(&self.contexts)?)

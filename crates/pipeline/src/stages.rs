@@ -355,7 +355,13 @@ fn features_stage(
 ) -> StageResult {
     bar.set_message("reading transactions");
     let t0 = std::time::Instant::now();
-    let tx = etl::Transactions::from_parquet(&w.get(&k.transactions)?)?;
+    // The table repeats seven of the transactions' columns: their encoded
+    // pages are kept and copied into the table's file.
+    let (tx, mut tx_pages) =
+        etl::Transactions::from_parquet_keeping_pages(w.get(&k.transactions)?)?;
+    tx_pages.retain(|name| {
+        features::ID_COLUMNS.contains(&name) || features::NUMERIC_FEATURES.contains(&name)
+    });
     tracing::debug!(
         ms = t0.elapsed().as_millis() as u64,
         "features: read transactions"
@@ -371,7 +377,7 @@ fn features_stage(
     let (table, summary, contexts) = std::thread::scope(|s| {
         let summary = s.spawn(|| out.summary.to_parquet());
         let contexts = s.spawn(|| out.contexts_parquet());
-        let table = out.table_parquet();
+        let table = out.table_parquet_reusing(&tx_pages);
         (table, summary.join(), contexts.join())
     });
     w.put(&k.features, &table?)?;
