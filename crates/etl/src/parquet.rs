@@ -268,8 +268,7 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
     fn write_with(&mut self, df: &DataFrame, reuse: &[Option<&EncodedColumn>]) -> Result<()> {
         let mut group = 0;
         let mut offset = 0;
-        while offset < df.height() {
-            let len = ROW_GROUP_ROWS.min(df.height() - offset);
+        for len in row_group_sizes(df.height()) {
             let mut part = df.slice(offset as i64, len);
             part.rechunk_mut();
             for batch in part.iter_chunks(CompatLevel::newest(), false) {
