@@ -103,9 +103,10 @@ impl Transactions {
                 invoice_no.into(),
                 stock_code.into(),
                 description.into(),
-                Series::new("quantity".into(), quantity).into(),
+                // `from_vec` takes the buffers; `Series::new` would copy them.
+                Int64Chunked::from_vec("quantity".into(), quantity).into_column(),
                 dates.into(),
-                Series::new("unit_price".into(), unit_price).into(),
+                Float64Chunked::from_vec("unit_price".into(), unit_price).into_column(),
                 Series::new("customer_id".into(), customer_id).into(),
                 country.into(),
             ],

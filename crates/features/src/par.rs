@@ -7,7 +7,10 @@ pub(crate) fn fill_columns<const N: usize, T: Default + Send>(
     rows: usize,
     row: impl Fn(usize, &mut T) -> [f64; N] + Sync,
 ) -> (Vec<Vec<f64>>, Vec<T>) {
-    let mut cols: Vec<Vec<f64>> = vec![vec![0.0; rows]; N];
+    // One zeroed allocation per column, not `vec![vec![0.0; rows]; N]`,
+    // which copies the first column's zeros into the others on one thread:
+    // fresh zeroed pages are first touched by the threads that fill them.
+    let mut cols: Vec<Vec<f64>> = (0..N).map(|_| vec![0.0; rows]).collect();
     let chunk = rows
         .div_ceil(std::thread::available_parallelism().map_or(1, |c| c.get()))
         .max(1);

@@ -109,7 +109,9 @@ fn with_derived(mut df: DataFrame) -> Result<DataFrame> {
         });
         for &k in &missing {
             let values = std::mem::take(&mut cols[k]);
-            df.with_column(Column::new(DERIVED_FEATURES[k].into(), values))?;
+            df.with_column(
+                Float64Chunked::from_vec(DERIVED_FEATURES[k].into(), values).into_column(),
+            )?;
         }
     }
     let order: Vec<PlSmallStr> = df
@@ -263,7 +265,8 @@ impl FeatureTable {
             .iter()
             .filter(|n| !DERIVED_FEATURES.contains(n));
         for (name, values) in names.zip(stored) {
-            df.with_column(Column::new((*name).into(), values))?;
+            // `from_vec` takes the buffer; `Column::new` would copy it.
+            df.with_column(Float64Chunked::from_vec((*name).into(), values).into_column())?;
         }
         Ok(df)
     }
