@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::{EtlError, Result};
 
 mod blocks;
+mod records;
 mod split;
 
 use blocks::parse_csv;

@@ -4,6 +4,7 @@
 
 use std::io::Read;
 
+use super::records::Records;
 use super::{Column, Interner, PushError, RawTable, split, too_large};
 use crate::{EtlError, Result};
 
@@ -191,34 +192,26 @@ fn parse_block(
     worker: usize,
     interners: &mut [Interner],
 ) -> BlockResult {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .buffer_capacity(1 << 16)
-        .from_reader(bytes);
-    let mut record = csv::ByteRecord::new();
+    let mut records = Records::new(bytes);
     let known: Vec<usize> = interners.iter().map(|i| i.column.values.len()).collect();
     for interner in interners.iter_mut() {
         interner.column.ids.clear();
     }
     let mut lines = Vec::new();
-    // A reader over bytes in memory has no I/O to fail, and byte records no
-    // encoding: it stops only at the end.
-    while reader.read_byte_record(&mut record).unwrap_or(false) {
-        let line = record.position().map_or(0, |p| p.line());
-        if record.len() == 1 && record.get(0).is_some_and(<[u8]>::is_empty) {
-            continue; // a blank line
+    while let Some(line) = records.next_record() {
+        if records.len() == 1 && records.field(0).is_empty() {
+            continue; // a record of one empty field (`""`)
         }
-        if record.len() != layout.width {
+        if records.len() != layout.width {
             return Err(BlockError::Width {
                 line,
-                found: record.len(),
+                found: records.len(),
             });
         }
         for (field, ((_, _, index), interner)) in
             layout.mapping.iter().zip(interners.iter_mut()).enumerate()
         {
-            let bytes = record.get(*index).unwrap_or(b"");
+            let bytes = records.field(*index);
             interner.push(bytes).map_err(|e| match e {
                 PushError::Utf8(source) => BlockError::Utf8 {
                     line,
@@ -242,7 +235,7 @@ fn parse_block(
             })
             .collect(),
         lines,
-        newlines: memchr::memchr_iter(b'\n', bytes).count() as u64,
+        newlines: records.newlines(),
     })
 }
 
