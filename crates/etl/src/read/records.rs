@@ -196,8 +196,11 @@ fn split_plain(bytes: &[u8], start: usize, ends: &mut Vec<usize>) -> Option<usiz
 mod tests {
     use super::*;
 
+    /// Records as (line, fields).
+    type Read = Vec<(u64, Vec<Vec<u8>>)>;
+
     /// Each record as (line, fields), read by the csv crate.
-    fn by_csv(text: &[u8]) -> Vec<(u64, Vec<Vec<u8>>)> {
+    fn by_csv(text: &[u8]) -> Read {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -212,7 +215,7 @@ mod tests {
     }
 
     /// The same by [`Records`], with the line breaks it counted.
-    fn by_records(text: &[u8]) -> (Vec<(u64, Vec<Vec<u8>>)>, u64) {
+    fn by_records(text: &[u8]) -> (Read, u64) {
         let mut records = Records::new(text);
         let mut out = Vec::new();
         while let Some(line) = records.next_record() {
