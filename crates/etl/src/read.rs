@@ -323,87 +323,13 @@ pub fn read_raw_file_limited(path: &Path, max_bytes: u64) -> Result<RawTable> {
     f.rewind().map_err(io)?;
     let reader = std::io::BufReader::with_capacity(1 << 16, f);
     if magic[..n] == [0x1f, 0x8b] {
-        // Decompression runs on its own thread, a chunk ahead of the parser.
-        let gz = flate2::bufread::MultiGzDecoder::new(reader);
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
-            scope.spawn(move || decompress(gz, &tx));
-            parse_csv(ChunkReader::new(rx), &file, max_bytes)
-        })
+        parse_csv(
+            flate2::bufread::MultiGzDecoder::new(reader),
+            &file,
+            max_bytes,
+        )
     } else {
         parse_csv(reader, &file, max_bytes)
-    }
-}
-
-/// Bytes a decompression chunk holds.
-const CHUNK_BYTES: usize = 1 << 20;
-/// Chunks decompressed ahead of the parser.
-const READ_AHEAD_CHUNKS: usize = 4;
-
-type Chunk = std::io::Result<Vec<u8>>;
-
-/// Reads `input` in chunks into `tx` until it ends, fails, or the receiver
-/// is gone (the parser stopped early).
-fn decompress(mut input: impl Read, tx: &std::sync::mpsc::SyncSender<Chunk>) {
-    loop {
-        let mut chunk = vec![0u8; CHUNK_BYTES];
-        let mut filled = 0;
-        let end = loop {
-            match input.read(&mut chunk[filled..]) {
-                Ok(0) => break true,
-                Ok(n) => {
-                    filled += n;
-                    if filled == chunk.len() {
-                        break false;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            }
-        };
-        chunk.truncate(filled);
-        if (!chunk.is_empty() && tx.send(Ok(chunk)).is_err()) || end {
-            return;
-        }
-    }
-}
-
-/// The parser's side of [`decompress`]: the chunks as one byte stream.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Chunk>,
-    chunk: Vec<u8>,
-    pos: usize,
-}
-
-impl ChunkReader {
-    fn new(rx: std::sync::mpsc::Receiver<Chunk>) -> Self {
-        Self {
-            rx,
-            chunk: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.chunk = chunk?;
-                    self.pos = 0;
-                }
-                // The sender is done: the input has ended.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.pos);
-        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 

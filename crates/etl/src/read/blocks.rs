@@ -1,6 +1,9 @@
-//! Parsing CSV text on every core: the text is cut into blocks of whole
+//! Parsing CSV text on every core: one thread reads the input
+//! (decompressing it, for a gzip file) and cuts it into blocks of whole
 //! records ([`super::split::Cutter`]), worker threads parse blocks as they
-//! come, and the blocks are merged in input order.
+//! come, and the calling thread merges them in input order. Block buffers
+//! go back to the reading thread once parsed, so the text passes through
+//! a few buffers that stay mapped instead of a fresh one per block.
 
 use std::io::Read;
 
@@ -11,8 +14,10 @@ use crate::{EtlError, Result};
 /// Text a parse block holds at least: it ends at the first record boundary
 /// after this many bytes (or at the end of the input).
 const BLOCK_BYTES: usize = 1 << 20;
+/// Blocks read ahead of the parsers.
+const READ_AHEAD_BLOCKS: usize = 2;
 /// Bytes read from the input at a time.
-const READ_BYTES: u64 = 1 << 18;
+const READ_BYTES: usize = 1 << 18;
 
 /// Why no next block.
 enum SourceError {
@@ -31,10 +36,17 @@ struct Blocks<R> {
     at_end: bool,
     read: u64,
     max_bytes: u64,
+    /// Buffers of parsed blocks, to hold the next blocks.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
 }
 
 impl<R: Read> Blocks<R> {
-    fn new(input: R, max_bytes: u64, block_bytes: usize) -> Self {
+    fn new(
+        input: R,
+        max_bytes: u64,
+        block_bytes: usize,
+        spare: std::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Self {
         Self {
             input,
             block_bytes,
@@ -43,6 +55,7 @@ impl<R: Read> Blocks<R> {
             at_end: false,
             read: 0,
             max_bytes,
+            spare,
         }
     }
 
@@ -57,7 +70,9 @@ impl<R: Read> Blocks<R> {
                 self.cutter.scan(&self.buf, false);
                 let cut = self.cutter.boundary();
                 if cut > 0 {
-                    let mut rest = Vec::with_capacity(self.buf.capacity());
+                    let mut rest = self.spare.try_recv().unwrap_or_default();
+                    rest.clear();
+                    rest.reserve(self.buf.capacity());
                     rest.extend_from_slice(&self.buf[cut..]);
                     let mut block = std::mem::replace(&mut self.buf, rest);
                     block.truncate(cut);
@@ -65,16 +80,34 @@ impl<R: Read> Blocks<R> {
                     return Ok(Some(block));
                 }
             }
-            let n = (&mut self.input)
-                .take(READ_BYTES)
-                .read_to_end(&mut self.buf)
-                .map_err(SourceError::Io)?;
+            let n = self.fill().map_err(SourceError::Io)?;
             self.read += n as u64;
             if self.read > self.max_bytes {
                 return Err(SourceError::TooLarge);
             }
-            self.at_end = n < READ_BYTES as usize;
+            self.at_end = n < READ_BYTES;
         }
+    }
+
+    /// Appends up to [`READ_BYTES`] of input to the buffer (fewer only at
+    /// the end of the input); returns how many.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let start = self.buf.len();
+        self.buf.resize(start + READ_BYTES, 0);
+        let mut filled = 0;
+        while filled < READ_BYTES {
+            match self.input.read(&mut self.buf[start + filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+        self.buf.truncate(start + filled);
+        Ok(filled)
     }
 }
 
@@ -360,18 +393,17 @@ fn too_many_values() -> EtlError {
 /// parse blocks as they come, and the blocks are merged in input order, so
 /// the table, its value ids, its line numbers and the first error in the
 /// file are those of reading it in one pass.
-pub(super) fn parse_csv<R: Read>(input: R, file: &str, max_bytes: u64) -> Result<RawTable> {
+pub(super) fn parse_csv<R: Read + Send>(input: R, file: &str, max_bytes: u64) -> Result<RawTable> {
     parse_csv_in_blocks(input, file, max_bytes, BLOCK_BYTES)
 }
 
 /// [`parse_csv`] with blocks of at least `block_bytes`.
-fn parse_csv_in_blocks<R: Read>(
+fn parse_csv_in_blocks<R: Read + Send>(
     input: R,
     file: &str,
     max_bytes: u64,
     block_bytes: usize,
 ) -> Result<RawTable> {
-    let mut blocks = Blocks::new(input, max_bytes, block_bytes);
     let source_error = |e: SourceError| match e {
         SourceError::Io(source) => EtlError::Io {
             path: file.to_string(),
@@ -379,90 +411,122 @@ fn parse_csv_in_blocks<R: Read>(
         },
         SourceError::TooLarge => too_large(file, max_bytes),
     };
-    // The header, and the block it is in.
-    let mut line_offset = 0;
-    let (layout, first) = loop {
-        let Some(block) = blocks.next_block().map_err(source_error)? else {
-            return Err(EtlError::Empty {
-                file: file.to_string(),
-            });
-        };
-        match read_header(&block, file)? {
-            Some((layout, start, header_lines)) => {
-                line_offset += header_lines;
-                break (layout, block[start..].to_vec());
-            }
-            None => line_offset += memchr::memchr_iter(b'\n', &block).count() as u64,
-        }
+    let stopped = |what: &str| EtlError::Csv {
+        file: file.to_string(),
+        message: format!("the {what} thread stopped"),
     };
-    let mut merged = Merged {
-        file,
-        layout: &layout,
-        interners: layout.mapping.iter().map(|_| Interner::default()).collect(),
-        global_ids: Vec::new(),
-        lines: Vec::new(),
-        line_offset,
-    };
-    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-    std::thread::scope(|scope| -> Result<()> {
-        let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
-        // Shared by the workers only: once they are all gone, sending fails
-        // instead of waiting.
-        let block_rx = std::sync::Arc::new(std::sync::Mutex::new(block_rx));
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        for worker in 0..workers {
-            let (block_rx, done_tx, layout) = (block_rx.clone(), done_tx.clone(), &layout);
-            scope.spawn(move || {
-                let mut interners: Vec<Interner> =
-                    layout.mapping.iter().map(|_| Interner::default()).collect();
-                loop {
-                    let next = match block_rx.lock() {
-                        Ok(rx) => rx.recv(),
-                        Err(_) => break,
-                    };
-                    let Ok((index, bytes)) = next else { break };
-                    let block = parse_block(&bytes, layout, worker, &mut interners);
-                    if done_tx.send((index, block)).is_err() {
-                        break;
-                    }
+    std::thread::scope(|scope| -> Result<RawTable> {
+        // The reading thread: blocks of text, a few ahead of the parsers,
+        // then `None`.
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (text_tx, text_rx) = std::sync::mpsc::sync_channel(READ_AHEAD_BLOCKS);
+        scope.spawn(move || {
+            let mut blocks = Blocks::new(input, max_bytes, block_bytes, spare_rx);
+            loop {
+                let next = blocks.next_block();
+                let last = !matches!(next, Ok(Some(_)));
+                if text_tx.send(next).is_err() || last {
+                    break;
                 }
-            });
-        }
-        drop((block_rx, done_tx));
-        let stopped = || EtlError::Csv {
-            file: file.to_string(),
-            message: "a parser thread stopped".into(),
+            }
+        });
+        let next_block = || -> Result<std::result::Result<Option<Vec<u8>>, SourceError>> {
+            text_rx.recv().map_err(|_| stopped("reading"))
         };
-        // Blocks parsed but not merged yet, by index; blocks sent and merged.
-        let mut done = std::collections::BTreeMap::new();
-        let (mut sent, mut merged_count) = (0usize, 0usize);
-        let (mut next, mut failed) = (Some(first), None);
-        while let Some(bytes) = next.take() {
-            block_tx.send((sent, bytes)).map_err(|_| stopped())?;
-            sent += 1;
-            while let Ok((index, block)) = done_rx.try_recv() {
+        // The header, and the block it is in.
+        let mut line_offset = 0;
+        let (layout, first) = loop {
+            let Some(block) = next_block()?.map_err(source_error)? else {
+                return Err(EtlError::Empty {
+                    file: file.to_string(),
+                });
+            };
+            let header = read_header(&block, file)?;
+            let found = match header {
+                Some((layout, start, header_lines)) => {
+                    line_offset += header_lines;
+                    Some((layout, block[start..].to_vec()))
+                }
+                None => {
+                    line_offset += memchr::memchr_iter(b'\n', &block).count() as u64;
+                    None
+                }
+            };
+            let _ = spare_tx.send(block);
+            if let Some(found) = found {
+                break found;
+            }
+        };
+        let mut merged = Merged {
+            file,
+            layout: &layout,
+            interners: layout.mapping.iter().map(|_| Interner::default()).collect(),
+            global_ids: Vec::new(),
+            lines: Vec::new(),
+            line_offset,
+        };
+        let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        std::thread::scope(|workers_scope| -> Result<()> {
+            let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
+            // Shared by the workers only: once they are all gone, sending
+            // fails instead of waiting.
+            let block_rx = std::sync::Arc::new(std::sync::Mutex::new(block_rx));
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            for worker in 0..workers {
+                let (block_rx, done_tx, spare_tx, layout) =
+                    (block_rx.clone(), done_tx.clone(), spare_tx.clone(), &layout);
+                workers_scope.spawn(move || {
+                    let mut interners: Vec<Interner> =
+                        layout.mapping.iter().map(|_| Interner::default()).collect();
+                    loop {
+                        let next = match block_rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => break,
+                        };
+                        let Ok((index, bytes)) = next else { break };
+                        let block = parse_block(&bytes, layout, worker, &mut interners);
+                        // The reading thread may be done: then the buffer is freed.
+                        let _ = spare_tx.send(bytes);
+                        if done_tx.send((index, block)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop((block_rx, done_tx));
+            // Blocks parsed but not merged yet, by index; blocks sent and merged.
+            let mut done = std::collections::BTreeMap::new();
+            let (mut sent, mut merged_count) = (0usize, 0usize);
+            let (mut next, mut failed) = (Some(first), None);
+            while let Some(bytes) = next.take() {
+                block_tx
+                    .send((sent, bytes))
+                    .map_err(|_| stopped("parser"))?;
+                sent += 1;
+                while let Ok((index, block)) = done_rx.try_recv() {
+                    done.insert(index, block);
+                }
+                merged.push_ready(&mut done, &mut merged_count)?;
+                match next_block()? {
+                    Ok(block) => next = block,
+                    Err(e) => failed = Some(e),
+                }
+            }
+            drop(block_tx);
+            // An error in the text before the point where reading failed
+            // comes first, as it would reading in one pass.
+            while merged_count < sent {
+                let (index, block) = done_rx.recv().map_err(|_| stopped("parser"))?;
                 done.insert(index, block);
+                merged.push_ready(&mut done, &mut merged_count)?;
             }
-            merged.push_ready(&mut done, &mut merged_count)?;
-            match blocks.next_block() {
-                Ok(block) => next = block,
-                Err(e) => failed = Some(e),
+            match failed {
+                Some(e) => Err(source_error(e)),
+                None => Ok(()),
             }
-        }
-        drop(block_tx);
-        // An error in the text before the point where reading failed comes
-        // first, as it would reading in one pass.
-        while merged_count < sent {
-            let (index, block) = done_rx.recv().map_err(|_| stopped())?;
-            done.insert(index, block);
-            merged.push_ready(&mut done, &mut merged_count)?;
-        }
-        match failed {
-            Some(e) => Err(source_error(e)),
-            None => Ok(()),
-        }
-    })?;
-    merged.finish()
+        })?;
+        merged.finish()
+    })
 }
 
 #[cfg(test)]
