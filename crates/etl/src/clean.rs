@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use crate::hash::{HashMap, HashSet};
 
 use chrono::NaiveDateTime;
-use polars::prelude::{IdxCa, IdxSize, NamedFrom, Series};
+use polars::prelude::{IdxCa, IdxSize, Int64Chunked, NamedFrom, Series};
+use polars_arrow::bitmap::MutableBitmap;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
@@ -470,7 +471,12 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
     let mut keep_qty = Vec::with_capacity(n);
     let mut keep_ts = Vec::with_capacity(n);
     let mut keep_price = Vec::with_capacity(n);
-    let mut keep_cust: Vec<Option<i64>> = Vec::with_capacity(n);
+    // Customer ids as values and validity (guests are null), as polars
+    // holds them.
+    let mut keep_cust: Vec<i64> = Vec::with_capacity(n);
+    let mut keep_cust_valid = MutableBitmap::with_capacity(n);
+    // Which distinct customer fields the kept rows use.
+    let mut customer_fields_kept = vec![false; cust_s.map_or(0, |c| c.distinct().len())];
     let mut keep_country: Vec<u32> = Vec::with_capacity(n);
 
     for row in 0..n {
@@ -553,7 +559,11 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         keep_qty.push(qty);
         keep_ts.push(ts);
         keep_price.push(price);
-        keep_cust.push(customer);
+        keep_cust.push(customer.unwrap_or_default());
+        keep_cust_valid.push(customer.is_some());
+        if let (Some(c), Some(_)) = (cust_s, customer) {
+            customer_fields_kept[c.ids()[row] as usize] = true;
+        }
         keep_country.push(country);
     }
 
@@ -589,7 +599,18 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         .collect();
     report.products = distinct_kept(&keep_stock, &stock_codes);
     report.countries = distinct_kept(&keep_country, &countries);
-    report.customers = keep_cust.iter().flatten().collect::<HashSet<_>>().len() as u64;
+    // Distinct ids among the kept rows' distinct fields ("17850" and
+    // "17850.0" are one customer).
+    report.customers = customers
+        .iter()
+        .flatten()
+        .zip(&customer_fields_kept)
+        .filter_map(|(c, &kept)| match c {
+            Customer::Id(id) if kept => Some(*id),
+            _ => None,
+        })
+        .collect::<HashSet<_>>()
+        .len() as u64;
 
     // The four gathers are independent: two on each core.
     let ((invoice_no, stock_code), (description, country)) = crate::join(
@@ -611,7 +632,11 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         keep_qty,
         keep_ts,
         keep_price,
-        keep_cust,
+        Int64Chunked::from_vec_validity(
+            "customer_id".into(),
+            keep_cust,
+            Some(keep_cust_valid.freeze()),
+        ),
         country?,
     )?;
     Ok((tx, report))

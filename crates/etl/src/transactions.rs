@@ -78,19 +78,20 @@ impl Transactions {
             quantity,
             ts_micros,
             unit_price,
-            customer_id,
+            Int64Chunked::from_iter_options("customer_id".into(), customer_id.into_iter()),
             Series::new("country".into(), country),
         )
     }
 
     /// [`Transactions::from_columns`] with the string columns built already
-    /// (`[invoice_no, stock_code, description]`, and `country`).
+    /// (`[invoice_no, stock_code, description]`, and `country`), and the
+    /// customer ids (named `customer_id`).
     pub(crate) fn from_string_series(
         [invoice_no, stock_code, description]: [Series; 3],
         quantity: Vec<i64>,
         ts_micros: Vec<i64>,
         unit_price: Vec<f64>,
-        customer_id: Vec<Option<i64>>,
+        customer_id: Int64Chunked,
         country: Series,
     ) -> Result<Self> {
         let height = quantity.len();
@@ -107,7 +108,7 @@ impl Transactions {
                 Int64Chunked::from_vec("quantity".into(), quantity).into_column(),
                 dates.into(),
                 Float64Chunked::from_vec("unit_price".into(), unit_price).into_column(),
-                Series::new("customer_id".into(), customer_id).into(),
+                customer_id.into_column(),
                 country.into(),
             ],
         )?;

@@ -532,7 +532,19 @@ pub fn build_feature_files(
         .cont_slice()?;
     let quantity = df.column("quantity")?.i64()?.cont_slice()?;
     let unit_price = df.column("unit_price")?.f64()?.cont_slice()?;
-    let customer_id: Vec<Option<i64>> = df.column("customer_id")?.i64()?.iter().collect();
+    // Customer ids (null for guests), read in place: values and validity.
+    let customers = df.column("customer_id")?.i64()?.rechunk();
+    let customers = customers
+        .downcast_iter()
+        .next()
+        .ok_or_else(|| FeatureError::NoData("the transactions table is empty".into()))?;
+    let (customer_values, customer_validity) =
+        (customers.values().as_slice(), customers.validity());
+    let customer_id = |i: usize| {
+        customer_validity
+            .is_none_or(|v| v.get_bit(i))
+            .then(|| customer_values[i])
+    };
     let text = |name: &str| -> Result<&StringChunked> { Ok(df.column(name)?.str()?) };
     let (codes, invoices) = (text("stock_code")?, text("invoice_no")?);
     let (countries, descriptions) = (text("country")?, text("description")?);
@@ -618,7 +630,7 @@ pub fn build_feature_files(
     let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
     let mut invoice_agg: Vec<Option<(i64, i64, f64)>> = vec![None; n_invoices];
     for i in 0..n {
-        if let Some(c) = customer_id[i] {
+        if let Some(c) = customer_id(i) {
             let e = invoice_agg[inv[i] as usize].get_or_insert((c, ts[i], 0.0));
             e.2 += quantity[i] as f64 * unit_price[i];
         }
@@ -662,7 +674,7 @@ pub fn build_feature_files(
         }
         let (rel_max, rel_mean, rel_median, _, _) =
             price_features(price, &stats[p as usize].reference);
-        let (recency, freq, monetary) = match customer_id[i] {
+        let (recency, freq, monetary) = match customer_id(i) {
             None => (window_days, 0.0, 0.0),
             Some(c) => {
                 tally.registered += 1;
