@@ -145,6 +145,10 @@ impl TextColumn {
 #[derive(Default)]
 struct Interner {
     column: TextColumn,
+    /// Values numbered before the first of `column.values` (a parser
+    /// thread hands its new values on after each block and keeps only
+    /// their keys).
+    handed_on: usize,
     short: crate::hash::HashMap<u128, u32>,
     long: crate::hash::HashMap<Box<[u8]>, u32>,
 }
@@ -235,7 +239,8 @@ impl Interner {
         key: Option<u128>,
         value: Box<str>,
     ) -> std::result::Result<u32, PushError> {
-        let id = u32::try_from(self.column.values.len()).map_err(|_| PushError::TooMany)?;
+        let id = u32::try_from(self.handed_on + self.column.values.len())
+            .map_err(|_| PushError::TooMany)?;
         match key {
             Some(k) => self.short.insert(k, id),
             None => self.long.insert(value.as_bytes().into(), id),

@@ -226,7 +226,6 @@ fn parse_block(
     interners: &mut [Interner],
 ) -> BlockResult {
     let mut records = Records::new(bytes);
-    let known: Vec<usize> = interners.iter().map(|i| i.column.values.len()).collect();
     for interner in interners.iter_mut() {
         interner.column.ids.clear();
     }
@@ -261,10 +260,13 @@ fn parse_block(
         worker,
         columns: interners
             .iter_mut()
-            .zip(known)
-            .map(|(i, known)| BlockColumn {
-                new_values: i.column.values[known..].to_vec(),
-                ids: std::mem::take(&mut i.column.ids),
+            .map(|i| {
+                let new_values = std::mem::take(&mut i.column.values);
+                i.handed_on += new_values.len();
+                BlockColumn {
+                    new_values,
+                    ids: std::mem::take(&mut i.column.ids),
+                }
             })
             .collect(),
         lines,
@@ -279,6 +281,9 @@ struct Merged<'a> {
     interners: Vec<Interner>,
     /// Per worker and column, the global id of each of the worker's ids.
     global_ids: Vec<Vec<Vec<u32>>>,
+    /// Per column, each merged block's rows as global ids: joined once at
+    /// the end, at their final size, instead of growing one vector.
+    id_blocks: Vec<Vec<Vec<u32>>>,
     lines: Vec<u32>,
     /// Line breaks before the next block.
     line_offset: u64,
@@ -295,19 +300,32 @@ impl Merged<'_> {
                 .resize(block.worker + 1, vec![Vec::new(); columns]);
         }
         let global_ids = &mut self.global_ids[block.worker];
-        for ((global, BlockColumn { new_values, ids }), remap) in self
+        for (
+            (
+                (
+                    global,
+                    BlockColumn {
+                        new_values,
+                        mut ids,
+                    },
+                ),
+                remap,
+            ),
+            blocks,
+        ) in self
             .interners
             .iter_mut()
             .zip(block.columns)
             .zip(global_ids.iter_mut())
+            .zip(self.id_blocks.iter_mut())
         {
             for value in new_values {
                 remap.push(global.intern(value).map_err(|_| too_many_values())?);
             }
-            global
-                .column
-                .ids
-                .extend(ids.iter().map(|&id| remap[id as usize]));
+            for id in &mut ids {
+                *id = remap[*id as usize];
+            }
+            blocks.push(ids);
         }
         for line in block.lines {
             self.lines.push(
@@ -364,11 +382,23 @@ impl Merged<'_> {
         }
     }
 
-    fn finish(self) -> Result<RawTable> {
+    fn finish(mut self) -> Result<RawTable> {
         if self.lines.is_empty() {
             return Err(EtlError::Empty {
                 file: self.file.to_string(),
             });
+        }
+        let rows = self.lines.len();
+        let id_blocks = &self.id_blocks;
+        let joined = crate::map_on_every_core(id_blocks.len(), 1, |column| {
+            let mut ids = Vec::with_capacity(rows);
+            for block in &id_blocks[column] {
+                ids.extend_from_slice(block);
+            }
+            ids
+        });
+        for (interner, ids) in self.interners.iter_mut().zip(joined) {
+            interner.column.ids = ids;
         }
         Ok(RawTable {
             file: self.file.to_string(),
@@ -462,6 +492,7 @@ fn parse_csv_in_blocks<R: Read + Send>(
             layout: &layout,
             interners: layout.mapping.iter().map(|_| Interner::default()).collect(),
             global_ids: Vec::new(),
+            id_blocks: layout.mapping.iter().map(|_| Vec::new()).collect(),
             lines: Vec::new(),
             line_offset,
         };
