@@ -15,7 +15,7 @@ use crate::{EtlError, Result};
 /// after this many bytes (or at the end of the input).
 const BLOCK_BYTES: usize = 1 << 20;
 /// Blocks read ahead of the parsers.
-const READ_AHEAD_BLOCKS: usize = 2;
+const READ_AHEAD_BLOCKS: usize = 4;
 /// Bytes read from the input at a time.
 const READ_BYTES: usize = 1 << 18;
 
@@ -498,7 +498,7 @@ fn parse_csv_in_blocks<R: Read + Send>(
         };
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         std::thread::scope(|workers_scope| -> Result<()> {
-            let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(workers);
+            let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(2 * workers);
             // Shared by the workers only: once they are all gone, sending
             // fails instead of waiting.
             let block_rx = std::sync::Arc::new(std::sync::Mutex::new(block_rx));
