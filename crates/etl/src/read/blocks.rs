@@ -498,7 +498,8 @@ fn parse_csv_in_blocks<R: Read + Send>(
         };
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         std::thread::scope(|workers_scope| -> Result<()> {
-            let (block_tx, block_rx) = std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(2 * workers);
+            let (block_tx, block_rx) =
+                std::sync::mpsc::sync_channel::<(usize, Vec<u8>)>(2 * workers);
             // Shared by the workers only: once they are all gone, sending
             // fails instead of waiting.
             let block_rx = std::sync::Arc::new(std::sync::Mutex::new(block_rx));
