@@ -266,51 +266,58 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
     /// [`ParquetChunkWriter::write`], copying the pages of the columns that
     /// `reuse` names (those of row group `g` for the `g`-th group written).
     fn write_with(&mut self, df: &DataFrame, reuse: &[Option<&EncodedColumn>]) -> Result<()> {
-        let mut group = 0;
+        // Each row group's rows and columns.
+        let mut groups: Vec<(u64, Vec<ArrayRef>)> = Vec::new();
         let mut offset = 0;
         for len in row_group_sizes(df.height()) {
             let mut part = df.slice(offset as i64, len);
             part.rechunk_mut();
             for batch in part.iter_chunks(CompatLevel::newest(), false) {
-                let rows = batch.len() as u64;
-                let columns = batch.columns();
-                let kept = |i: usize| {
-                    reuse
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .and_then(|c| c.pages.get(group))
-                };
-                let pages = crate::map_on_every_core(columns.len(), 1, |i| {
-                    if kept(i).is_some() {
-                        return Ok(Vec::new());
-                    }
-                    encode_column(
-                        &columns[i],
-                        &self.fields[i],
-                        &self.encodings[i],
-                        self.options,
-                    )
-                })
-                .into_iter()
-                .collect::<PolarsResult<Vec<_>>>()?;
-                let leaves: Vec<&[CompressedPage]> = pages
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(i, leaves)| match kept(i) {
-                        Some(copied) => vec![copied.as_slice()],
-                        None => leaves.iter().map(Vec::as_slice).collect(),
-                    })
-                    .collect();
-                let pages = DynIter::new(leaves.iter().map(|leaf| {
-                    Ok(DynStreamingIterator::new(
-                        fallible_streaming_iterator::convert(leaf.iter().map(Ok)),
-                    ))
-                }));
-                self.file.write(rows, pages)?;
-                group += 1;
+                groups.push((batch.len() as u64, batch.columns().to_vec()));
             }
             offset += len;
+        }
+        let width = self.fields.len();
+        let kept = |group: usize, i: usize| {
+            reuse
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|c| c.pages.get(group))
+        };
+        // Every column of every row group encoded on every core at once (no
+        // wait for a group's slowest column), then written in order.
+        let (fields, encodings, options) = (&self.fields, &self.encodings, self.options);
+        let mut encoded = crate::map_on_every_core(groups.len() * width, 1, |task| {
+            let (group, i) = (task / width, task % width);
+            match (kept(group, i), groups[group].1.get(i)) {
+                (Some(_), _) => Ok(Vec::new()),
+                (None, Some(array)) => encode_column(array, &fields[i], &encodings[i], options),
+                (None, None) => Err(PolarsError::ComputeError(
+                    format!("row group {group} has no column {i}").into(),
+                )),
+            }
+        })
+        .into_iter();
+        for (group, (rows, _)) in groups.iter().enumerate() {
+            let pages = encoded
+                .by_ref()
+                .take(width)
+                .collect::<PolarsResult<Vec<_>>>()?;
+            let leaves: Vec<&[CompressedPage]> = pages
+                .iter()
+                .enumerate()
+                .flat_map(|(i, leaves)| match kept(group, i) {
+                    Some(copied) => vec![copied.as_slice()],
+                    None => leaves.iter().map(Vec::as_slice).collect(),
+                })
+                .collect();
+            let pages = DynIter::new(leaves.iter().map(|leaf| {
+                Ok(DynStreamingIterator::new(
+                    fallible_streaming_iterator::convert(leaf.iter().map(Ok)),
+                ))
+            }));
+            self.file.write(*rows, pages)?;
         }
         Ok(())
     }
