@@ -389,11 +389,21 @@ impl Merged<'_> {
             });
         }
         let rows = self.lines.len();
-        let id_blocks = &self.id_blocks;
+        // A column's blocks are freed as soon as they are joined, so memory
+        // holds at most one joined column per core besides the blocks.
+        let id_blocks: Vec<std::sync::Mutex<Vec<Vec<u32>>>> = std::mem::take(&mut self.id_blocks)
+            .into_iter()
+            .map(std::sync::Mutex::new)
+            .collect();
         let joined = crate::map_on_every_core(id_blocks.len(), 1, |column| {
+            let blocks = std::mem::take(
+                &mut *id_blocks[column]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
             let mut ids = Vec::with_capacity(rows);
-            for block in &id_blocks[column] {
-                ids.extend_from_slice(block);
+            for block in blocks {
+                ids.extend_from_slice(&block);
             }
             ids
         });
