@@ -8,7 +8,7 @@
 use std::io::Read;
 
 use super::records::Records;
-use super::{Column, Interner, PushError, RawTable, split, too_large};
+use super::{Column, Interner, PushError, RawTable, csv_reader, split, too_large};
 use crate::{EtlError, Result};
 
 /// Text a parse block holds at least: it ends at the first record boundary
@@ -123,10 +123,7 @@ struct Layout {
 /// Returns its layout, and where the data starts in `block` (byte offset,
 /// and line breaks before it), or `None` if `block` holds no such record.
 fn read_header(block: &[u8], file: &str) -> Result<Option<(Layout, usize, u64)>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(block);
+    let mut reader = csv_reader(block);
     let mut record = csv::ByteRecord::new();
     let header: Vec<String> = loop {
         let more = reader

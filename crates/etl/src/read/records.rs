@@ -195,16 +195,14 @@ fn split_plain(bytes: &[u8], start: usize, ends: &mut Vec<usize>) -> Option<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::csv_reader;
 
     /// Records as (line, fields).
     type Read = Vec<(u64, Vec<Vec<u8>>)>;
 
     /// Each record as (line, fields), read by the csv crate.
     fn by_csv(text: &[u8]) -> Read {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text);
+        let mut reader = csv_reader(text);
         let mut record = csv::ByteRecord::new();
         let mut out = Vec::new();
         while reader.read_byte_record(&mut record).unwrap_or(false) {

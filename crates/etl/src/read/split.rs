@@ -98,6 +98,7 @@ impl Cutter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::read::csv_reader;
 
     /// Every boundary the cutter finds, feeding `text` `step` bytes at a
     /// time and cutting whenever it can.
@@ -121,10 +122,7 @@ mod tests {
     /// The ends of records (one past each line break that ends one) as the
     /// CSV crate reads them.
     fn record_ends(text: &[u8]) -> Vec<usize> {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text);
+        let mut reader = csv_reader(text);
         let mut record = csv::ByteRecord::new();
         let mut ends = Vec::new();
         while reader.read_byte_record(&mut record).unwrap_or(false) {
