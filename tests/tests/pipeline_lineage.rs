@@ -297,6 +297,29 @@ fn runs_are_deterministic_and_identical_on_local_and_s3_stores() {
 }
 
 #[test]
+fn features_from_the_table_etl_handed_on_equal_those_from_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dataset(dir.path());
+    let store = LocalStore::new(dir.path().join("out")).unwrap();
+    let mut config = PipelineConfig::new(raw, &store, fast_params());
+    config.until = Some(Stage::Features);
+    // etl then features in one run: features takes etl's table in memory.
+    pipeline::run(&config).unwrap();
+    let handed_on = outs(&store);
+    // features alone: it decodes transactions.parquet.
+    store.delete("features/features.parquet").unwrap();
+    let again = pipeline::run(&config).unwrap();
+    let ran: Vec<_> = again
+        .stages
+        .iter()
+        .filter(|s| s.ran)
+        .map(|s| &s.name)
+        .collect();
+    assert_eq!(ran, ["features"]);
+    assert_eq!(outs(&store), handed_on);
+}
+
+#[test]
 fn deleting_an_output_reruns_its_stage_only() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());

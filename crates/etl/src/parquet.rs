@@ -114,6 +114,16 @@ impl std::fmt::Debug for EncodedColumns {
 pub fn read_parquet_keeping_pages(bytes: Vec<u8>) -> Result<(DataFrame, EncodedColumns)> {
     let mut df = read_parquet(&bytes)?;
     df.rechunk_mut();
+    let pages = encoded_columns(bytes, &df)?;
+    Ok((df, pages))
+}
+
+/// The encoded pages of each column of the parquet file `bytes`, paired
+/// with the columns of `df` of the same names, which must be what the file
+/// decodes to (the frame it was written from or read as): what
+/// [`write_parquet_reusing`] copies where a column it writes equals one of
+/// them. Only flat columns are kept.
+pub fn encoded_columns(bytes: Vec<u8>, df: &DataFrame) -> Result<EncodedColumns> {
     let meta = polars_parquet::read::read_metadata(&mut Cursor::new(&bytes))?;
     let buffer = polars_buffer::Buffer::from_vec(bytes);
     let fields = meta.schema().fields();
@@ -153,13 +163,10 @@ pub fn read_parquet_keeping_pages(bytes: Vec<u8>) -> Result<(DataFrame, EncodedC
         }
     }
     let rows_per_group = meta.row_groups.iter().map(|g| g.num_rows()).collect();
-    Ok((
-        df,
-        EncodedColumns {
-            rows_per_group,
-            columns,
-        },
-    ))
+    Ok(EncodedColumns {
+        rows_per_group,
+        columns,
+    })
 }
 
 /// The pages of one column chunk, as a writer takes them.

@@ -227,4 +227,12 @@ impl Transactions {
         let (df, pages) = read_parquet_keeping_pages(bytes)?;
         Ok((Self::from_dataframe(df)?, pages))
     }
+
+    /// The encoded columns of `bytes`, the parquet file this table was
+    /// written as by [`Transactions::to_parquet`] (or read from): what
+    /// [`Transactions::from_parquet_keeping_pages`] returns besides the
+    /// table, without decoding the file.
+    pub fn encoded_columns(&self, bytes: Vec<u8>) -> Result<EncodedColumns> {
+        crate::parquet::encoded_columns(bytes, &self.df)
+    }
 }

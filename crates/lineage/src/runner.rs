@@ -1,5 +1,6 @@
 //! Stage definitions, staleness checks and the runner that skips or runs stages.
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
@@ -137,11 +138,20 @@ pub struct StageOutcome {
     pub elapsed: Duration,
 }
 
+/// Artifacts' decoded values, by key, with the content hash of the bytes
+/// each was written as.
+type Handoff = BTreeMap<String, (String, Box<dyn Any + Send>)>;
+
 /// Handed to a running stage: reads artifacts, writes declared outputs.
 pub struct StageWriter<'a> {
     store: &'a dyn ArtifactStore,
     def: &'a StageDef,
     written: BTreeMap<String, String>,
+    /// What the stage run before this one handed on, limited to this
+    /// stage's deps whose content is still what was handed on.
+    received: Handoff,
+    /// What this stage hands on to the next one.
+    handed: Handoff,
 }
 
 impl<'a> StageWriter<'a> {
@@ -175,6 +185,35 @@ impl<'a> StageWriter<'a> {
         let hash = self.store.put(key, bytes)?;
         self.written.insert(key.to_string(), hash);
         Ok(())
+    }
+
+    /// [`StageWriter::put`], also handing `value`, what `bytes` decode to,
+    /// to the next stage this runner runs, so that stage need not decode
+    /// the artifact again ([`StageWriter::take_decoded`]). The value lives
+    /// until that stage ends, or until a stage is skipped; the caller
+    /// answers for `value` being exactly what decoding `bytes` gives.
+    pub fn put_decoded<T: Any + Send>(&mut self, key: &str, bytes: &[u8], value: T) -> Result<()> {
+        self.put(key, bytes)?;
+        if let Some(hash) = self.written.get(key) {
+            self.handed
+                .insert(key.to_string(), (hash.clone(), Box::new(value)));
+        }
+        Ok(())
+    }
+
+    /// The decoded value of the declared dep `key` if the stage run just
+    /// before this one handed it on ([`StageWriter::put_decoded`]) as a
+    /// `T` and the artifact's content is still what it wrote (the hash
+    /// this run recorded for the dep); `None` otherwise, when the stage
+    /// decodes what [`StageWriter::get`] reads. Reading an undeclared key is
+    /// a contract error either way.
+    pub fn take_decoded<T: Any>(&mut self, key: &str) -> Result<Option<T>> {
+        self.inputs().check(key)?;
+        Ok(self
+            .received
+            .remove(key)
+            .and_then(|(_, value)| value.downcast::<T>().ok())
+            .map(|value| *value))
     }
 
     /// Declares that one of the stage's outputs stays as it is in the store
@@ -269,6 +308,8 @@ pub struct Runner<'a> {
     params: &'a Params,
     lock: LockFile,
     force: bool,
+    /// What the last stage run handed on ([`StageWriter::put_decoded`]).
+    handoff: Handoff,
 }
 
 fn now_unix() -> u64 {
@@ -286,6 +327,7 @@ impl<'a> Runner<'a> {
             params,
             lock: LockFile::load(store)?,
             force,
+            handoff: Handoff::new(),
         })
     }
 
@@ -379,6 +421,9 @@ impl<'a> Runner<'a> {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let started = Instant::now();
+        // A handed-on value reaches the next stage run or none: a skipped
+        // stage, a failing one or one that does not read it drops it.
+        let mut received = std::mem::take(&mut self.handoff);
         let (mut reasons, deps) = self.check_with_deps(def)?;
         if self.force && reasons.is_empty() {
             reasons.push(Reason::Forced);
@@ -409,10 +454,13 @@ impl<'a> Runner<'a> {
         for r in &reasons {
             tracing::info!(stage = %def.name, reason = %r, "will run");
         }
+        received.retain(|key, (hash, _)| deps.get(key) == Some(hash));
         let mut writer = StageWriter {
             store: self.store,
             def,
             written: BTreeMap::new(),
+            received,
+            handed: Handoff::new(),
         };
         let report = stage(&mut writer).map_err(|e| LineageError::Stage {
             stage: def.name.clone(),
@@ -425,6 +473,7 @@ impl<'a> Runner<'a> {
             })?;
         metrics.push(b'\n');
         let metrics_hash = self.store.put(&def.metrics_key(), &metrics)?;
+        drop(std::mem::take(&mut writer.received));
         let mut outs = std::mem::take(&mut writer.written);
         outs.insert(def.metrics_key(), metrics_hash);
         if let Some(missing) = def.outs.iter().find(|o| !outs.contains_key(*o)) {
@@ -447,6 +496,7 @@ impl<'a> Runner<'a> {
         );
         self.lock.version = 1;
         self.lock.save(self.store)?;
+        self.handoff = writer.handed;
         Ok(StageOutcome {
             name: def.name.clone(),
             ran: true,
@@ -454,5 +504,98 @@ impl<'a> Runner<'a> {
             report,
             elapsed,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::LocalStore;
+
+    fn def(name: &str, deps: &[&str], outs: &[&str]) -> StageDef {
+        StageDef {
+            name: name.into(),
+            deps: deps.iter().map(|d| Dep::Artifact(d.to_string())).collect(),
+            params: vec![],
+            outs: outs.iter().map(|o| o.to_string()).collect(),
+            code_version: "1".into(),
+        }
+    }
+
+    /// A stage that writes `out` and hands nothing on.
+    fn plain(runner: &mut Runner<'_>, name: &str, out: &str) -> StageOutcome {
+        runner
+            .run(&def(name, &[], &[out]), |w| {
+                w.put(out, b"plain")?;
+                Ok::<_, LineageError>(StageReport::default())
+            })
+            .unwrap()
+    }
+
+    /// Runs stage `other` (writing `c.txt`), a stage that writes `a.txt`
+    /// handing on its decoded value, `between` (given the store and the
+    /// runner), then a stage that reads `a.txt`: what that stage took,
+    /// trying to take it as `u32` first when `mistyped`.
+    fn handed_on(
+        mistyped: bool,
+        between: impl FnOnce(&LocalStore, &mut Runner<'_>),
+    ) -> Option<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path()).unwrap();
+        let params = Params::from_toml_str("").unwrap();
+        let mut runner = Runner::new(&store, &params, false).unwrap();
+        plain(&mut runner, "other", "c.txt");
+        runner
+            .run(&def("write", &[], &["a.txt"]), |w| {
+                w.put_decoded("a.txt", b"abc", String::from("decoded abc"))?;
+                Ok::<_, LineageError>(StageReport::default())
+            })
+            .unwrap();
+        between(&store, &mut runner);
+        let mut taken = None;
+        runner
+            .run(&def("read", &["a.txt"], &["b.txt"]), |w| {
+                // A value is only taken for a declared dep.
+                assert!(matches!(
+                    w.take_decoded::<String>("c.txt"),
+                    Err(LineageError::Contract { .. })
+                ));
+                if mistyped {
+                    assert_eq!(w.take_decoded::<u32>("a.txt")?, None);
+                }
+                taken = w.take_decoded::<String>("a.txt")?;
+                // Once.
+                assert_eq!(w.take_decoded::<String>("a.txt")?, None);
+                w.put("b.txt", &w.get("a.txt")?)?;
+                Ok::<_, LineageError>(StageReport::default())
+            })
+            .unwrap();
+        taken
+    }
+
+    #[test]
+    fn the_next_stage_takes_the_value_a_stage_handed_on_once() {
+        assert_eq!(handed_on(false, |_, _| ()).as_deref(), Some("decoded abc"));
+        // Asked for as another type: dropped (the stage decodes the bytes).
+        assert_eq!(handed_on(true, |_, _| ()), None);
+    }
+
+    #[test]
+    fn a_value_is_not_handed_on_past_a_changed_artifact_or_another_stage() {
+        // The artifact changed after it was written: decode what is there.
+        let changed = handed_on(false, |store, _| {
+            store.put("a.txt", b"changed").unwrap();
+        });
+        assert_eq!(changed, None);
+        // Another stage ran in between.
+        let ran = handed_on(false, |_, runner| {
+            plain(runner, "another", "d.txt");
+        });
+        assert_eq!(ran, None);
+        // Another stage was skipped in between (up to date).
+        let skipped = handed_on(false, |_, runner| {
+            assert!(!plain(runner, "other", "c.txt").ran);
+        });
+        assert_eq!(skipped, None);
     }
 }

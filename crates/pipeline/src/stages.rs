@@ -337,7 +337,8 @@ fn etl_stage(
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: clean");
     bar.set_message("writing transactions.parquet");
     let t0 = std::time::Instant::now();
-    w.put(&k.transactions, &tx.to_parquet()?)?;
+    // Handed on: a features stage run next takes the table as it is.
+    w.put_decoded(&k.transactions, &tx.to_parquet()?, tx)?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "etl: write");
     Ok(StageReport {
         rows_in: report.rows_in,
@@ -356,9 +357,16 @@ fn features_stage(
     bar.set_message("reading transactions");
     let t0 = std::time::Instant::now();
     // The table repeats seven of the transactions' columns: their encoded
-    // pages are kept and copied into the table's file.
-    let (tx, mut tx_pages) =
-        etl::Transactions::from_parquet_keeping_pages(w.get(&k.transactions)?)?;
+    // pages are kept and copied into the table's file. The table itself is
+    // the etl stage's when it ran just before (handed on, not decoded).
+    let bytes = w.get(&k.transactions)?;
+    let (tx, mut tx_pages) = match w.take_decoded::<etl::Transactions>(&k.transactions)? {
+        Some(tx) => {
+            let pages = tx.encoded_columns(bytes)?;
+            (tx, pages)
+        }
+        None => etl::Transactions::from_parquet_keeping_pages(bytes)?,
+    };
     tx_pages.retain(|name| {
         features::ID_COLUMNS.contains(&name) || features::NUMERIC_FEATURES.contains(&name)
     });
