@@ -11,7 +11,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::read::{Column, RawTable, TextColumn};
-use crate::{EtlError, Result, Transactions};
+use crate::{EtlError, Result, StringCodes, Transactions};
 
 /// Parameters of the etl stage (`[etl]` in params.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,18 +365,38 @@ fn distinct_kept(ids: &[u32], values: &[&str]) -> u64 {
     kept.len() as u64
 }
 
-/// The string column whose row `i` is `values[ids[i]]`: the distinct
-/// values are built once and gathered (long strings are shared, not copied).
-fn gather<T>(name: &str, values: &[T], ids: Vec<u32>) -> Result<Series>
+/// The string column whose row `i` is `values[ids[i]]`, and its codes: the
+/// distinct values (two ids can hold one value, once trimmed) are built
+/// once and gathered (long strings are shared, not copied), and each row's
+/// key is its value's place among them.
+fn gather<T>(name: &str, values: &[T], mut ids: Vec<u32>) -> Result<(Series, StringCodes)>
 where
-    T: Copy,
+    T: Copy + std::hash::Hash + Eq,
     Series: NamedFrom<Vec<T>, [T]>,
 {
-    let distinct = Series::new(name.into(), values.to_vec());
+    let mut place: HashMap<T, u32> = HashMap::default();
+    let mut distinct: Vec<T> = Vec::with_capacity(values.len());
+    let key_of: Vec<u32> = values
+        .iter()
+        .map(|&v| {
+            *place.entry(v).or_insert_with(|| {
+                distinct.push(v);
+                (distinct.len() - 1) as u32
+            })
+        })
+        .collect();
+    if distinct.len() < values.len() {
+        for id in &mut ids {
+            *id = key_of[*id as usize];
+        }
+    }
+    let count = distinct.len();
+    let distinct = Series::new(name.into(), distinct);
     // polars' row index is u32 (`IdxSize`) in this build, as the ids are.
     let ids: Vec<IdxSize> = ids;
-    let ids = IdxCa::from_vec(name.into(), ids);
-    Ok(distinct.take(&ids)?)
+    let keys = IdxCa::from_vec(name.into(), ids);
+    let column = distinct.take(&keys)?;
+    Ok((column, StringCodes::new(keys, count)?))
 }
 
 /// A customer id field, parsed.
@@ -627,8 +647,10 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             )
         },
     );
+    let ((invoice_no, invoice_codes), (stock_code, stock_codes)) = (invoice_no?, stock_code?);
+    let ((description, description_codes), (country, country_codes)) = (description?, country?);
     let tx = Transactions::from_string_series(
-        [invoice_no?, stock_code?, description?],
+        [invoice_no, stock_code, description],
         keep_qty,
         keep_ts,
         keep_price,
@@ -637,14 +659,21 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
             keep_cust,
             Some(keep_cust_valid.freeze()),
         ),
-        country?,
-    )?;
+        country,
+    )?
+    .with_codes(vec![
+        ("invoice_no", invoice_codes),
+        ("stock_code", stock_codes),
+        ("description", description_codes),
+        ("country", country_codes),
+    ])?;
     Ok((tx, report))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::StringDictionary;
 
     #[test]
     fn iso_fast_path_agrees_with_chrono() {
@@ -670,6 +699,45 @@ mod tests {
             assert_eq!((y, m, d), (y2, m2, d2));
         }
         assert_eq!(civil_from_micros(0).3, 3, "1970-01-01 was a Thursday");
+    }
+
+    #[test]
+    fn the_codes_of_cleaned_columns_number_them_as_their_strings_do() {
+        // Values equal once trimmed, a missing description, a dropped row
+        // whose values come first, a long description.
+        let csv = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country\n\
+            C1,85123A,GONE,-1,2011-01-01 08:00:00,2.5,1,UK\n\
+            2, 85123A,WHITE HANGING HEART T-LIGHT HOLDER,6,2011-01-01 08:00:00,2.5,17850,UK\n\
+            2,85123A ,,6,2011-01-01 08:00:00,2.5,17850, UK\n\
+            3,71053,WHITE METAL LANTERN ,6,2011-01-02 08:00:00,3.4,,France\n\
+            3 ,85123A,WHITE HANGING HEART T-LIGHT HOLDER,2,2011-01-02 08:00:00,2.5,,UK\n";
+        let raw = crate::read_raw_bytes(csv.as_bytes(), "t.csv").unwrap_or_else(|e| panic!("{e}"));
+        let (tx, _) = clean(&raw, &EtlParams::default()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(tx.len(), 4);
+        for name in ["invoice_no", "stock_code", "description", "country"] {
+            let column = tx
+                .dataframe()
+                .column(name)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let chunks: Vec<_> = column
+                .str()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .downcast_iter()
+                .collect();
+            let codes = tx
+                .codes(name)
+                .unwrap_or_else(|| panic!("no codes for {name}"));
+            for missing in [None, Some("")] {
+                let got = codes
+                    .dictionary(chunks[0], 0, missing)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(got, StringDictionary::of(&chunks, missing), "{name}");
+            }
+        }
+        let stock = tx.codes("stock_code").unwrap_or_else(|| panic!("no codes"));
+        let keys: Vec<_> = stock.keys().into_no_null_iter().collect();
+        assert_eq!(keys[0], keys[1], "\" 85123A\" and \"85123A \" are one code");
+        assert_ne!(keys[0], keys[2]);
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //! index into them, as hashing every row's string would give.
 
 use crate::hash::HashMap;
+use crate::{EtlError, Result};
+use polars::prelude::{ChunkAgg, IdxCa};
 use polars_arrow::array::{Array, Utf8ViewArray, View};
 
 /// A string column's distinct values, first seen first, and each row's
@@ -76,12 +78,18 @@ impl<'a> StringDictionary<'a> {
             }
         }
         // Second pass, over the distinct views only: merge those that hold
-        // equal strings, keeping the order in which each string was first
-        // seen.
+        // equal strings.
+        Self::merged(ids, view_values)
+    }
+
+    /// The dictionary of rows numbered `ids` into `numbered` (first seen
+    /// first), merging the numbers that hold equal strings and keeping the
+    /// order in which each string was first seen.
+    fn merged(mut ids: Vec<u32>, numbered: Vec<&'a str>) -> Self {
         let mut by_value: HashMap<&'a str, u32> =
-            HashMap::with_capacity_and_hasher(view_values.len(), Default::default());
-        let mut values: Vec<&'a str> = Vec::with_capacity(view_values.len());
-        let remap: Vec<u32> = view_values
+            HashMap::with_capacity_and_hasher(numbered.len(), Default::default());
+        let mut values: Vec<&'a str> = Vec::with_capacity(numbered.len());
+        let remap: Vec<u32> = numbered
             .iter()
             .map(|&value| {
                 *by_value.entry(value).or_insert_with(|| {
@@ -90,12 +98,116 @@ impl<'a> StringDictionary<'a> {
                 })
             })
             .collect();
-        if values.len() < view_values.len() {
+        if values.len() < numbered.len() {
             for id in &mut ids {
                 *id = remap[*id as usize];
             }
         }
         Self { ids, values }
+    }
+}
+
+/// A string column's rows as keys of its distinct strings (equal keys for
+/// equal strings, unequal for unequal), as cleaning finds them: the
+/// column's [`StringDictionary`] of any range of rows then follows from the
+/// keys with one array lookup per row, no hashing
+/// ([`StringCodes::dictionary`]). Only valid for the column it was made
+/// with; a missing row's key is ignored.
+#[derive(Debug, Clone)]
+pub struct StringCodes {
+    keys: IdxCa,
+    count: usize,
+}
+
+impl StringCodes {
+    /// Codes of `keys`, each below `count`, one per row of the column, equal
+    /// exactly where the rows' strings are equal (missing rows aside).
+    pub fn new(keys: IdxCa, count: usize) -> Result<Self> {
+        let rows = keys.len();
+        let keys = keys.rechunk().into_owned();
+        if keys.null_count() > 0 || keys.max().is_some_and(|k| k as usize >= count) {
+            return Err(EtlError::Schema(format!(
+                "string codes: {rows} keys, some missing or not below {count}"
+            )));
+        }
+        Ok(Self { keys, count })
+    }
+
+    /// Rows described.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether no rows are described.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The rows' keys.
+    pub fn keys(&self) -> &IdxCa {
+        &self.keys
+    }
+
+    /// [`StringDictionary::of`]`(&[column], missing)`, where `column` holds
+    /// the rows from `offset` on of the column these codes describe.
+    pub fn dictionary<'a>(
+        &self,
+        column: &'a Utf8ViewArray,
+        offset: usize,
+        missing: Option<&'a str>,
+    ) -> Result<StringDictionary<'a>> {
+        let keys = self
+            .keys
+            .cont_slice()
+            .ok()
+            .and_then(|keys| keys.get(offset..offset + column.len()))
+            .ok_or_else(|| {
+                EtlError::Schema(format!(
+                    "string codes of {} rows, asked for rows {offset}..{}",
+                    self.keys.len(),
+                    offset + column.len()
+                ))
+            })?;
+        let validity = column.validity().filter(|v| v.unset_bits() > 0);
+        // Per key (and one more slot: a missing value counted as
+        // `missing`), its number in this range, first seen first.
+        const UNSEEN: u32 = u32::MAX;
+        let mut local = vec![UNSEEN; self.count + 1];
+        let mut numbered: Vec<&'a str> = Vec::new();
+        let mut ids = Vec::with_capacity(keys.len());
+        for (row, &key) in keys.iter().enumerate() {
+            let (slot, value) = if validity.is_some_and(|v| !v.get_bit(row)) {
+                match missing {
+                    None => {
+                        ids.push(0);
+                        continue;
+                    }
+                    Some(value) => (self.count, value),
+                }
+            } else {
+                (key as usize, "")
+            };
+            let id = &mut local[slot];
+            if *id == UNSEEN {
+                *id = numbered.len() as u32;
+                numbered.push(if slot == self.count {
+                    value
+                } else {
+                    column.value(row)
+                });
+            }
+            ids.push(*id);
+        }
+        // Keys are distinct strings; only a missing value counted as a
+        // string can equal one of them.
+        Ok(if local[self.count] == UNSEEN {
+            StringDictionary {
+                ids,
+                values: numbered,
+            }
+        } else {
+            StringDictionary::merged(ids, numbered)
+        })
     }
 }
 
@@ -188,6 +300,70 @@ mod tests {
         let got = StringDictionary::of(&[gathered], None);
         assert_eq!(got, by_string(&[gathered], None));
         assert_eq!(got.values.len(), 3);
+    }
+
+    /// A column of `rows` random values among `distinct` (some long, one
+    /// empty), some missing, and its codes (keys by value).
+    fn coded_column(rows: usize, distinct: usize, seed: u64) -> (Utf8ViewArray, StringCodes) {
+        let names: Vec<String> = (0..distinct)
+            .map(|i| match i % 3 {
+                0 => format!("{i}"),
+                1 => format!("{LONG} {i}"),
+                _ if i == 2 => String::new(),
+                _ => format!("x{i}"),
+            })
+            .collect();
+        let mut state = seed;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let picks: Vec<Option<usize>> = (0..rows)
+            .map(|_| (next() % 10 != 0).then(|| next() % distinct))
+            .collect();
+        let values: Vec<Option<&str>> =
+            picks.iter().map(|p| p.map(|i| names[i].as_str())).collect();
+        let keys: Vec<IdxSize> = picks.iter().map(|p| p.unwrap_or(0) as IdxSize).collect();
+        let codes = StringCodes::new(IdxCa::from_vec("k".into(), keys), distinct)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (column(&values), codes)
+    }
+
+    #[test]
+    fn codes_give_the_dictionary_of_any_range_as_hashing_every_string() {
+        for (rows, distinct, seed) in [(1, 3, 1), (50, 3, 2), (700, 40, 3), (3000, 400, 4)] {
+            let (whole, codes) = coded_column(rows, distinct, seed);
+            for (start, len) in [
+                (0, rows),
+                (0, rows / 2),
+                (rows / 3, rows - rows / 3),
+                (rows, 0),
+            ] {
+                let part = whole.clone().sliced(start, len);
+                for missing in [None, Some(""), Some("x5"), Some("absent")] {
+                    let got = codes
+                        .dictionary(&part, start, missing)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(
+                        got,
+                        by_string(&[&part], missing),
+                        "rows {start}+{len} of {rows}, {missing:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn codes_refuse_keys_out_of_range_and_rows_they_do_not_have() {
+        let keys = IdxCa::from_vec("k".into(), vec![0, 3, 1]);
+        assert!(StringCodes::new(keys.clone(), 3).is_err());
+        let codes = StringCodes::new(keys, 4).unwrap_or_else(|e| panic!("{e}"));
+        let four = column(&[Some("a"), Some("b"), Some("c"), Some("d")]);
+        assert!(codes.dictionary(&four, 0, None).is_err());
+        assert!(codes.dictionary(&four.sliced(0, 2), 2, None).is_err());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub use clean::{
     DropReason, EtlParams, EtlReport, civil_from_micros, clean, format_micros, micros_from_civil,
 };
 pub use costs::read_unit_costs;
-pub use dictionary::StringDictionary;
+pub use dictionary::{StringCodes, StringDictionary};
 pub use par::{join, map_on_every_core};
 pub use parquet::{
     EncodedColumns, ParquetChunkWriter, ROW_GROUP_ROWS, read_parquet, read_parquet_keeping_pages,

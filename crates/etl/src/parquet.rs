@@ -38,15 +38,30 @@ use polars_arrow::bitmap::Bitmap;
 use polars_arrow::datatypes::IntegerType;
 
 use crate::hash::HashMap;
-use crate::{Result, StringDictionary};
+use crate::{Result, StringCodes, StringDictionary};
 
 /// Rows per row group (polars' default).
 pub const ROW_GROUP_ROWS: usize = 512 * 512;
 
 /// Writes a frame to parquet bytes (equal frames give equal bytes).
 pub fn write_parquet(df: &DataFrame) -> Result<Vec<u8>> {
+    write_parquet_coded(df, |_| None)
+}
+
+/// [`write_parquet`] (the same bytes), numbering the values of each string
+/// column that `codes` gives [`StringCodes`] for (by name) from its codes
+/// instead of its views.
+pub fn write_parquet_coded<'c>(
+    df: &DataFrame,
+    codes: impl Fn(&str) -> Option<&'c StringCodes>,
+) -> Result<Vec<u8>> {
     let mut writer = ParquetChunkWriter::new(Vec::new(), df.schema())?;
-    writer.write(df)?;
+    let codes: Vec<Option<&StringCodes>> = df
+        .columns()
+        .iter()
+        .map(|c| codes(c.name().as_str()).filter(|codes| codes.len() == df.height()))
+        .collect();
+    writer.write_with(df, &vec![None; df.width()], &codes)?;
     writer.finish()
 }
 
@@ -62,7 +77,7 @@ pub fn read_parquet(bytes: &[u8]) -> Result<DataFrame> {
 pub fn write_parquet_reusing(df: &DataFrame, source: &EncodedColumns) -> Result<Vec<u8>> {
     let mut writer = ParquetChunkWriter::new(Vec::new(), df.schema())?;
     let reuse = writer.reusable(df, source);
-    writer.write_with(df, &reuse)?;
+    writer.write_with(df, &reuse, &vec![None; df.width()])?;
     writer.finish()
 }
 
@@ -267,20 +282,28 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
     /// Appends the rows of `df` (of the writer's schema) as row groups of
     /// at most [`ROW_GROUP_ROWS`] rows.
     pub fn write(&mut self, df: &DataFrame) -> Result<()> {
-        self.write_with(df, &vec![None; df.width()])
+        self.write_with(df, &vec![None; df.width()], &vec![None; df.width()])
     }
 
     /// [`ParquetChunkWriter::write`], copying the pages of the columns that
-    /// `reuse` names (those of row group `g` for the `g`-th group written).
-    fn write_with(&mut self, df: &DataFrame, reuse: &[Option<&EncodedColumn>]) -> Result<()> {
-        // Each row group's rows and columns.
-        let mut groups: Vec<(u64, Vec<ArrayRef>)> = Vec::new();
+    /// `reuse` names (those of row group `g` for the `g`-th group written)
+    /// and numbering string columns from the `codes` given (of `df`'s rows).
+    fn write_with(
+        &mut self,
+        df: &DataFrame,
+        reuse: &[Option<&EncodedColumn>],
+        codes: &[Option<&StringCodes>],
+    ) -> Result<()> {
+        // Each row group's rows, first row and columns.
+        let mut groups: Vec<(u64, usize, Vec<ArrayRef>)> = Vec::new();
         let mut offset = 0;
         for len in row_group_sizes(df.height()) {
             let mut part = df.slice(offset as i64, len);
             part.rechunk_mut();
+            let mut first = offset;
             for batch in part.iter_chunks(CompatLevel::newest(), false) {
-                groups.push((batch.len() as u64, batch.columns().to_vec()));
+                groups.push((batch.len() as u64, first, batch.columns().to_vec()));
+                first += batch.len();
             }
             offset += len;
         }
@@ -297,16 +320,20 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
         let (fields, encodings, options) = (&self.fields, &self.encodings, self.options);
         let mut encoded = crate::map_on_every_core(groups.len() * width, 1, |task| {
             let (group, i) = (task / width, task % width);
-            match (kept(group, i), groups[group].1.get(i)) {
+            let (_, first, arrays) = &groups[group];
+            match (kept(group, i), arrays.get(i)) {
                 (Some(_), _) => Ok(Vec::new()),
-                (None, Some(array)) => encode_column(array, &fields[i], &encodings[i], options),
+                (None, Some(array)) => {
+                    let coded = codes.get(i).copied().flatten().map(|c| (c, *first));
+                    encode_column(array, coded, &fields[i], &encodings[i], options)
+                }
                 (None, None) => Err(PolarsError::ComputeError(
                     format!("row group {group} has no column {i}").into(),
                 )),
             }
         })
         .into_iter();
-        for (group, (rows, _)) in groups.iter().enumerate() {
+        for (group, (rows, _, _)) in groups.iter().enumerate() {
             let pages = encoded
                 .by_ref()
                 .take(width)
@@ -337,14 +364,16 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
 }
 
 /// Encodes and compresses one column of a row group: its pages, per leaf.
+/// `coded`: the column's codes and the group's first row among them.
 fn encode_column(
     array: &ArrayRef,
+    coded: Option<(&StringCodes, usize)>,
     field: &ParquetType,
     encodings: &[Encoding],
     options: WriteOptions,
 ) -> PolarsResult<Vec<Vec<CompressedPage>>> {
     let keyed: ArrayRef;
-    let (array, encodings) = match dictionary(array, encodings)? {
+    let (array, encodings) = match dictionary(array, coded, encodings)? {
         Prepared::AsIs => (array, encodings),
         Prepared::Plain => (array, &[Encoding::Plain][..]),
         Prepared::Dictionary(d) => {
@@ -395,13 +424,23 @@ fn worth_a_dictionary(distinct: usize, rows: usize) -> bool {
 ///   dictionary stores them in a fraction of the bytes that LZ4 would
 ///   otherwise compress; continuous values (standardised model inputs)
 ///   stay plain after 1,024 rows.
-fn dictionary(array: &ArrayRef, encodings: &[Encoding]) -> PolarsResult<Prepared> {
+/// - Strings with codes ([`StringCodes`]) are numbered from them.
+fn dictionary(
+    array: &ArrayRef,
+    coded: Option<(&StringCodes, usize)>,
+    encodings: &[Encoding],
+) -> PolarsResult<Prepared> {
     if encodings != [Encoding::RleDictionary] {
         return Ok(Prepared::AsIs);
     }
     let any = array.as_any();
     if let Some(strings) = any.downcast_ref::<Utf8ViewArray>() {
-        let StringDictionary { ids, values } = StringDictionary::of(&[strings], None);
+        let StringDictionary { ids, values } = match coded {
+            Some((codes, first)) => codes
+                .dictionary(strings, first, None)
+                .map_err(|e| PolarsError::ComputeError(e.to_string().into()))?,
+            None => StringDictionary::of(&[strings], None),
+        };
         if !worth_a_dictionary(values.len(), strings.len()) {
             return Ok(Prepared::Plain);
         }

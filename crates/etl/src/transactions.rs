@@ -2,7 +2,10 @@
 
 use polars::prelude::*;
 
-use crate::parquet::{EncodedColumns, read_parquet, read_parquet_keeping_pages, write_parquet};
+use crate::StringCodes;
+use crate::parquet::{
+    EncodedColumns, read_parquet, read_parquet_keeping_pages, write_parquet_coded,
+};
 use crate::{EtlError, Result};
 
 /// Cleaned sales lines: one row per invoice line of a product sold at a
@@ -21,6 +24,9 @@ use crate::{EtlError, Result};
 #[derive(Debug, Clone)]
 pub struct Transactions {
     df: DataFrame,
+    /// Codes of string columns, by name, where cleaning made them (a table
+    /// read from parquet or built otherwise has none).
+    codes: Vec<(&'static str, StringCodes)>,
 }
 
 /// Borrowed, row-indexable columns of [`Transactions`].
@@ -158,7 +164,30 @@ impl Transactions {
             }
         }
         df.rechunk_mut();
-        Ok(Self { df })
+        Ok(Self { df, codes: vec![] })
+    }
+
+    /// Keeps `codes` of string columns (by name), each of the column it was
+    /// made with, so writing and interning need not hash their views.
+    pub(crate) fn with_codes(mut self, codes: Vec<(&'static str, StringCodes)>) -> Result<Self> {
+        for (name, c) in &codes {
+            let column = self.df.column(name)?;
+            if c.len() != column.len() || !matches!(column.dtype(), DataType::String) {
+                return Err(EtlError::Schema(format!(
+                    "codes of {} rows for column `{name}` of {} rows",
+                    c.len(),
+                    column.len()
+                )));
+            }
+        }
+        self.codes = codes;
+        Ok(self)
+    }
+
+    /// The codes of string column `name` ([`StringCodes`]: equal keys for
+    /// equal strings), where cleaning made them.
+    pub fn codes(&self, name: &str) -> Option<&StringCodes> {
+        self.codes.iter().find(|(n, _)| *n == name).map(|(_, c)| c)
     }
 
     /// Number of rows.
@@ -212,7 +241,7 @@ impl Transactions {
 
     /// Serialises to parquet bytes (deterministic for equal content).
     pub fn to_parquet(&self) -> Result<Vec<u8>> {
-        write_parquet(&self.df)
+        write_parquet_coded(&self.df, |name| self.codes(name))
     }
 
     /// Reads parquet bytes written by [`Transactions::to_parquet`], checking the schema.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use etl::hash::HashMap;
 
 use etl::{Transactions, civil_from_micros, format_micros, join, micros_from_civil};
-use polars::prelude::{DataFrame, IdxCa, IdxSize, StringChunked};
+use polars::prelude::{DataFrame, IdxCa, IdxSize};
 use serde::{Deserialize, Serialize};
 
 use crate::table::{
@@ -348,13 +348,23 @@ fn year_months(ts: &[i64]) -> Vec<i32> {
         .collect()
 }
 
-/// Dense ids for the distinct values of a column (a missing value is ""),
-/// in first-seen order ([`etl::StringDictionary`]: rows numbered by their
-/// views, strings compared only once per distinct view).
-fn intern(values: &StringChunked) -> (Vec<u32>, Vec<&str>) {
-    let chunks: Vec<_> = values.downcast_iter().collect();
-    let etl::StringDictionary { ids, values } = etl::StringDictionary::of(&chunks, Some(""));
-    (ids, values)
+/// Dense ids for the distinct values of string column `name` (a missing
+/// value is ""), in first-seen order: from the column's codes where
+/// cleaning made them ([`etl::StringCodes`]: one array lookup per row),
+/// otherwise from its views ([`etl::StringDictionary`]: rows numbered by
+/// their views, strings compared only once per distinct view).
+fn intern<'a>(tx: &'a Transactions, name: &str) -> Result<(Vec<u32>, Vec<&'a str>)> {
+    let chunks: Vec<_> = tx
+        .dataframe()
+        .column(name)?
+        .str()?
+        .downcast_iter()
+        .collect();
+    let etl::StringDictionary { ids, values } = match (tx.codes(name), chunks.as_slice()) {
+        (Some(codes), [column]) => codes.dictionary(column, 0, Some(""))?,
+        _ => etl::StringDictionary::of(&chunks, Some("")),
+    };
+    Ok((ids, values))
 }
 
 /// The columns [`ProductStats::of`] reads, by row.
@@ -545,19 +555,18 @@ pub fn build_feature_files(
             .is_none_or(|v| v.get_bit(i))
             .then(|| customer_values[i])
     };
-    let text = |name: &str| -> Result<&StringChunked> { Ok(df.column(name)?.str()?) };
-    let (codes, invoices) = (text("stock_code")?, text("invoice_no")?);
-    let (countries, descriptions) = (text("country")?, text("description")?);
 
     // Time order (stable on ties).
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| ts[i]);
 
     // Dense ids for products, invoices, countries and descriptions.
-    let (((pid, product_names), (cid, country_names)), ((inv, _), (did, desc_names))) = join(
-        || (intern(codes), intern(countries)),
-        || (intern(invoices), intern(descriptions)),
+    let ((products, countries), (invoices, descriptions)) = join(
+        || (intern(tx, "stock_code"), intern(tx, "country")),
+        || (intern(tx, "invoice_no"), intern(tx, "description")),
     );
+    let ((pid, product_names), (cid, country_names)) = (products?, countries?);
+    let ((inv, _), (did, desc_names)) = (invoices?, descriptions?);
     let n_products = product_names.len();
     let selected: Option<u32> = match stockcode {
         None => None,
