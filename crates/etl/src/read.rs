@@ -151,6 +151,12 @@ struct Interner {
     handed_on: usize,
     short: crate::hash::HashMap<u128, u32>,
     long: crate::hash::HashMap<Box<[u8]>, u32>,
+    /// The last field pushed and its id: the lines of an invoice repeat
+    /// its number, date, customer and country, so most fields of those
+    /// columns are the one above them and need no lookup.
+    last: Option<(Option<u128>, u32)>,
+    /// The bytes of the last field pushed, where it was too long for a key.
+    last_long: Vec<u8>,
 }
 
 /// A field of up to 15 bytes as one integer: the bytes (little-endian),
@@ -204,11 +210,22 @@ impl Interner {
     /// Appends a field.
     fn push(&mut self, bytes: &[u8]) -> std::result::Result<(), PushError> {
         let key = short_key(bytes);
-        let id = match self.find(key, bytes) {
-            Some(id) => id,
-            None => {
-                let value = std::str::from_utf8(bytes).map_err(PushError::Utf8)?;
-                self.insert(key, value.into())?
+        let id = match self.last {
+            Some((last, id)) if last == key && (key.is_some() || self.last_long == bytes) => id,
+            _ => {
+                let id = match self.find(key, bytes) {
+                    Some(id) => id,
+                    None => {
+                        let value = std::str::from_utf8(bytes).map_err(PushError::Utf8)?;
+                        self.insert(key, value.into())?
+                    }
+                };
+                if key.is_none() {
+                    self.last_long.clear();
+                    self.last_long.extend_from_slice(bytes);
+                }
+                self.last = Some((key, id));
+                id
             }
         };
         self.column.ids.push(id);
