@@ -170,9 +170,12 @@ impl StringCodes {
             })?;
         let validity = column.validity().filter(|v| v.unset_bits() > 0);
         // Per key (and one more slot: a missing value counted as
-        // `missing`), its number in this range, first seen first.
+        // `missing`), its number in this range, first seen first: in an
+        // array over every key where the range has about as many rows as
+        // there are keys, otherwise (a row group of a large table) in a
+        // map of the keys seen, so the cost follows the range.
         const UNSEEN: u32 = u32::MAX;
-        let mut local = vec![UNSEEN; self.count + 1];
+        let mut local = Slots::new(self.count + 1, keys.len());
         let mut numbered: Vec<&'a str> = Vec::new();
         let mut ids = Vec::with_capacity(keys.len());
         for (row, &key) in keys.iter().enumerate() {
@@ -187,7 +190,7 @@ impl StringCodes {
             } else {
                 (key as usize, "")
             };
-            let id = &mut local[slot];
+            let id = local.get(slot);
             if *id == UNSEEN {
                 *id = numbered.len() as u32;
                 numbered.push(if slot == self.count {
@@ -200,7 +203,7 @@ impl StringCodes {
         }
         // Keys are distinct strings; only a missing value counted as a
         // string can equal one of them.
-        Ok(if local[self.count] == UNSEEN {
+        Ok(if *local.get(self.count) == UNSEEN {
             StringDictionary {
                 ids,
                 values: numbered,
@@ -208,6 +211,33 @@ impl StringCodes {
         } else {
             StringDictionary::merged(ids, numbered)
         })
+    }
+}
+
+/// A number per slot, `u32::MAX` until set: an array over every slot, or a
+/// map of the slots used where they are many more than the rows.
+enum Slots {
+    Dense(Vec<u32>),
+    Sparse(HashMap<usize, u32>),
+}
+
+impl Slots {
+    fn new(slots: usize, rows: usize) -> Self {
+        if slots <= rows.saturating_mul(2).max(1024) {
+            Self::Dense(vec![u32::MAX; slots])
+        } else {
+            Self::Sparse(HashMap::with_capacity_and_hasher(
+                rows.min(slots),
+                Default::default(),
+            ))
+        }
+    }
+
+    fn get(&mut self, slot: usize) -> &mut u32 {
+        match self {
+            Self::Dense(numbers) => &mut numbers[slot],
+            Self::Sparse(numbers) => numbers.entry(slot).or_insert(u32::MAX),
+        }
     }
 }
 
@@ -333,7 +363,15 @@ mod tests {
 
     #[test]
     fn codes_give_the_dictionary_of_any_range_as_hashing_every_string() {
-        for (rows, distinct, seed) in [(1, 3, 1), (50, 3, 2), (700, 40, 3), (3000, 400, 4)] {
+        // The last two have many more keys than rows (a map of the keys).
+        for (rows, distinct, seed) in [
+            (1, 3, 1),
+            (50, 3, 2),
+            (700, 40, 3),
+            (3000, 400, 4),
+            (300, 5000, 5),
+            (3000, 20000, 6),
+        ] {
             let (whole, codes) = coded_column(rows, distinct, seed);
             for (start, len) in [
                 (0, rows),
