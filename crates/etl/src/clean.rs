@@ -374,22 +374,7 @@ where
     T: Copy + std::hash::Hash + Eq,
     Series: NamedFrom<Vec<T>, [T]>,
 {
-    let mut place: HashMap<T, u32> = HashMap::default();
-    let mut distinct: Vec<T> = Vec::with_capacity(values.len());
-    let key_of: Vec<u32> = values
-        .iter()
-        .map(|&v| {
-            *place.entry(v).or_insert_with(|| {
-                distinct.push(v);
-                (distinct.len() - 1) as u32
-            })
-        })
-        .collect();
-    if distinct.len() < values.len() {
-        for id in &mut ids {
-            *id = key_of[*id as usize];
-        }
-    }
+    let distinct = crate::dictionary::merge_equal(values, &mut ids);
     let count = distinct.len();
     let distinct = Series::new(name.into(), distinct);
     // polars' row index is u32 (`IdxSize`) in this build, as the ids are.

@@ -86,25 +86,36 @@ impl<'a> StringDictionary<'a> {
     /// first), merging the numbers that hold equal strings and keeping the
     /// order in which each string was first seen.
     fn merged(mut ids: Vec<u32>, numbered: Vec<&'a str>) -> Self {
-        let mut by_value: HashMap<&'a str, u32> =
-            HashMap::with_capacity_and_hasher(numbered.len(), Default::default());
-        let mut values: Vec<&'a str> = Vec::with_capacity(numbered.len());
-        let remap: Vec<u32> = numbered
-            .iter()
-            .map(|&value| {
-                *by_value.entry(value).or_insert_with(|| {
-                    values.push(value);
-                    (values.len() - 1) as u32
-                })
-            })
-            .collect();
-        if values.len() < numbered.len() {
-            for id in &mut ids {
-                *id = remap[*id as usize];
-            }
-        }
+        let values = merge_equal(&numbered, &mut ids);
         Self { ids, values }
     }
+}
+
+/// The distinct values of `numbered`, in the order first seen, with `ids`
+/// (indices into `numbered`) renumbered into them: numbers that hold equal
+/// values become one.
+pub(crate) fn merge_equal<T: Copy + std::hash::Hash + Eq>(
+    numbered: &[T],
+    ids: &mut [u32],
+) -> Vec<T> {
+    let mut by_value: HashMap<T, u32> =
+        HashMap::with_capacity_and_hasher(numbered.len(), Default::default());
+    let mut values: Vec<T> = Vec::with_capacity(numbered.len());
+    let remap: Vec<u32> = numbered
+        .iter()
+        .map(|&value| {
+            *by_value.entry(value).or_insert_with(|| {
+                values.push(value);
+                (values.len() - 1) as u32
+            })
+        })
+        .collect();
+    if values.len() < numbered.len() {
+        for id in ids {
+            *id = remap[*id as usize];
+        }
+    }
+    values
 }
 
 /// A string column's rows as keys of its distinct strings (equal keys for
