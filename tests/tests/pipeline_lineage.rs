@@ -26,7 +26,18 @@ fn dataset(dir: &Path) -> PathBuf {
 }
 
 fn run(store: &dyn ArtifactStore, raw: &Path, params: &Params) -> Vec<(String, bool)> {
-    let config = PipelineConfig::new(raw.to_path_buf(), store, params.clone());
+    run_until(store, raw, params, None)
+}
+
+/// The stages of a run up to `until` (all without), each with whether it ran.
+fn run_until(
+    store: &dyn ArtifactStore,
+    raw: &Path,
+    params: &Params,
+    until: Option<Stage>,
+) -> Vec<(String, bool)> {
+    let mut config = PipelineConfig::new(raw.to_path_buf(), store, params.clone());
+    config.until = until;
     pipeline::run(&config)
         .unwrap()
         .stages
@@ -190,10 +201,8 @@ fn until_stops_after_the_named_stage() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let mut config = PipelineConfig::new(raw, &store, fast_params());
-    config.until = Some(Stage::Features);
-    let s = pipeline::run(&config).unwrap();
-    assert_eq!(s.stages.len(), 2);
+    let stages = run_until(&store, &raw, &fast_params(), Some(Stage::Features));
+    assert_eq!(stages.len(), 2);
     assert!(store.list("split/").unwrap().is_empty());
     assert!(store.exists("features/features.parquet").unwrap());
 }
@@ -301,21 +310,14 @@ fn features_from_the_table_etl_handed_on_equal_those_from_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let raw = dataset(dir.path());
     let store = LocalStore::new(dir.path().join("out")).unwrap();
-    let mut config = PipelineConfig::new(raw, &store, fast_params());
-    config.until = Some(Stage::Features);
+    let until = Some(Stage::Features);
     // etl then features in one run: features takes etl's table in memory.
-    pipeline::run(&config).unwrap();
+    run_until(&store, &raw, &fast_params(), until);
     let handed_on = outs(&store);
     // features alone: it decodes transactions.parquet.
     store.delete("features/features.parquet").unwrap();
-    let again = pipeline::run(&config).unwrap();
-    let ran: Vec<_> = again
-        .stages
-        .iter()
-        .filter(|s| s.ran)
-        .map(|s| &s.name)
-        .collect();
-    assert_eq!(ran, ["features"]);
+    let again = run_until(&store, &raw, &fast_params(), until);
+    assert_eq!(ran(&again), ["features"]);
     assert_eq!(outs(&store), handed_on);
 }
 
