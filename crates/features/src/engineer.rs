@@ -478,6 +478,10 @@ struct RowTally {
     prev_known: usize,
     registered: usize,
     rows_per_part: [u64; 3],
+    /// The customer, time and customer features of the chunk's previous
+    /// registered row: an invoice's lines, adjacent in time order, share
+    /// the customer and the time, so they share the features too.
+    last_customer: Option<(i64, i64, (f64, f64, f64))>,
 }
 
 impl RowTally {
@@ -490,6 +494,7 @@ impl RowTally {
             prev_known: self.prev_known + other.prev_known,
             registered: self.registered + other.registered,
             rows_per_part,
+            last_customer: None,
         }
     }
 }
@@ -498,6 +503,87 @@ impl RowTally {
 struct CustomerHistory {
     ts: Vec<i64>,
     spend_prefix: Vec<f64>,
+}
+
+/// Quantity per product and calendar month, in a dense (product, month) grid.
+struct MonthGrid {
+    /// Each row's month ([`year_months`]).
+    month: Vec<i32>,
+    first: i32,
+    last: i32,
+    /// Row-major by product: `quantity[p * months + (m - first)]`.
+    quantity: Vec<f64>,
+}
+
+impl MonthGrid {
+    fn new(ts: &[i64], pid: &[u32], quantity: &[i64], n_products: usize) -> Self {
+        let month = year_months(ts);
+        let first = month.iter().copied().min().unwrap_or(0);
+        let last = month.iter().copied().max().unwrap_or(0);
+        let months = (last - first + 1) as usize;
+        let mut grid = vec![0.0f64; n_products * months];
+        for ((&p, &m), &q) in pid.iter().zip(&month).zip(quantity) {
+            grid[p as usize * months + (m - first) as usize] += q as f64;
+        }
+        Self {
+            month,
+            first,
+            last,
+            quantity: grid,
+        }
+    }
+
+    /// Product `p`'s quantity in month `m` (0 outside the data's months).
+    fn quantity(&self, p: u32, m: i32) -> f64 {
+        if m < self.first || m > self.last {
+            return 0.0;
+        }
+        let months = (self.last - self.first + 1) as usize;
+        self.quantity[p as usize * months + (m - self.first) as usize]
+    }
+}
+
+/// Each registered customer's invoices (time, spend), sorted by time, from
+/// each invoice's first registered line's customer and time.
+fn customer_histories(
+    ts: &[i64],
+    quantity: &[i64],
+    unit_price: &[f64],
+    inv: &[u32],
+    customer_id: &(impl Fn(usize) -> Option<i64> + Sync),
+) -> HashMap<i64, CustomerHistory> {
+    let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
+    let mut invoice_agg: Vec<Option<(i64, i64, f64)>> = vec![None; n_invoices];
+    for i in 0..ts.len() {
+        if let Some(c) = customer_id(i) {
+            let e = invoice_agg[inv[i] as usize].get_or_insert((c, ts[i], 0.0));
+            e.2 += quantity[i] as f64 * unit_price[i];
+        }
+    }
+    let mut per_customer: HashMap<i64, Vec<(i64, f64)>> = HashMap::default();
+    for (c, t, s) in invoice_agg.into_iter().flatten() {
+        per_customer.entry(c).or_default().push((t, s));
+    }
+    per_customer
+        .into_iter()
+        .map(|(c, mut inv)| {
+            inv.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            let mut prefix = Vec::with_capacity(inv.len() + 1);
+            prefix.push(0.0);
+            let mut acc = 0.0;
+            for (_, s) in &inv {
+                acc += s;
+                prefix.push(acc);
+            }
+            (
+                c,
+                CustomerHistory {
+                    ts: inv.iter().map(|x| x.0).collect(),
+                    spend_prefix: prefix,
+                },
+            )
+        })
+        .collect()
 }
 
 /// Builds features, the product summary, recent contexts and the train
@@ -585,23 +671,11 @@ pub fn build_feature_files(
     let out_ts: Vec<i64> = out_order.iter().map(|&i| ts[i]).collect();
     let window = window_for(&out_ts, &params.split)?;
 
-    // Monthly quantity per product, in a dense (product, month) grid.
-    let ym = year_months(ts);
-    let ym_min = ym.iter().copied().min().unwrap_or(0);
-    let ym_max = ym.iter().copied().max().unwrap_or(0);
-    let n_months = (ym_max - ym_min + 1) as usize;
-    let mut monthly = vec![0.0f64; n_products * n_months];
-    let month_slot = |p: u32, m: i32| p as usize * n_months + (m - ym_min) as usize;
-    for i in 0..n {
-        monthly[month_slot(pid[i], ym[i])] += quantity[i] as f64;
-    }
-    let monthly_quantity = |p: u32, m: i32| {
-        if m < ym_min || m > ym_max {
-            0.0
-        } else {
-            monthly[month_slot(p, m)]
-        }
-    };
+    // The monthly quantities on one core, the customer histories on the other.
+    let (months, histories) = join(
+        || MonthGrid::new(ts, &pid, quantity, n_products),
+        || customer_histories(ts, quantity, unit_price, &inv, &customer_id),
+    );
 
     // Each product's output rows (positions in time order), grouped by
     // product, and what the row features and the summary need of them.
@@ -635,41 +709,27 @@ pub fn build_feature_files(
         ProductStats::of(&rows, &columns)
     });
 
-    // Customer histories at invoice level: (ts, spend), sorted.
-    let n_invoices = inv.iter().copied().max().map_or(0, |m| m as usize + 1);
-    let mut invoice_agg: Vec<Option<(i64, i64, f64)>> = vec![None; n_invoices];
-    for i in 0..n {
-        if let Some(c) = customer_id(i) {
-            let e = invoice_agg[inv[i] as usize].get_or_insert((c, ts[i], 0.0));
-            e.2 += quantity[i] as f64 * unit_price[i];
-        }
-    }
-    let mut per_customer: HashMap<i64, Vec<(i64, f64)>> = HashMap::default();
-    for (c, t, s) in invoice_agg.into_iter().flatten() {
-        per_customer.entry(c).or_default().push((t, s));
-    }
-    let histories: HashMap<i64, CustomerHistory> = per_customer
-        .into_iter()
-        .map(|(c, mut inv)| {
-            inv.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-            let mut prefix = Vec::with_capacity(inv.len() + 1);
-            prefix.push(0.0);
-            let mut acc = 0.0;
-            for (_, s) in &inv {
-                acc += s;
-                prefix.push(acc);
-            }
-            (
-                c,
-                CustomerHistory {
-                    ts: inv.iter().map(|x| x.0).collect(),
-                    spend_prefix: prefix,
-                },
-            )
-        })
-        .collect();
     let window_us = params.customer_window_days * MICROS_PER_DAY;
     let window_days = params.customer_window_days as f64;
+    // Recency (days), frequency (invoices) and spend of a customer's
+    // invoices in the window before `t`.
+    let customer_features = |history: Option<&CustomerHistory>, t: i64| match history {
+        None => (window_days, 0.0, 0.0),
+        Some(h) => {
+            let hi = h.ts.partition_point(|&x| x < t);
+            let lo = h.ts.partition_point(|&x| x < t - window_us);
+            if hi > lo {
+                let recency = (t - h.ts[hi - 1]) as f64 / MICROS_PER_DAY as f64;
+                (
+                    recency,
+                    (hi - lo) as f64,
+                    h.spend_prefix[hi] - h.spend_prefix[lo],
+                )
+            } else {
+                (window_days, 0.0, 0.0)
+            }
+        }
+    };
 
     // Row features, in time order, computed in chunks on every core.
     let m = out_order.len();
@@ -677,7 +737,7 @@ pub fn build_feature_files(
         let t = ts[i];
         let p = pid[i];
         let price = unit_price[i];
-        let prev = monthly_quantity(p, ym[i] - 1);
+        let prev = months.quantity(p, months.month[i] - 1);
         if prev > 0.0 {
             tally.prev_known += 1;
         }
@@ -687,21 +747,12 @@ pub fn build_feature_files(
             None => (window_days, 0.0, 0.0),
             Some(c) => {
                 tally.registered += 1;
-                match histories.get(&c) {
-                    None => (window_days, 0.0, 0.0),
-                    Some(h) => {
-                        let hi = h.ts.partition_point(|&x| x < t);
-                        let lo = h.ts.partition_point(|&x| x < t - window_us);
-                        if hi > lo {
-                            let recency = (t - h.ts[hi - 1]) as f64 / MICROS_PER_DAY as f64;
-                            (
-                                recency,
-                                (hi - lo) as f64,
-                                h.spend_prefix[hi] - h.spend_prefix[lo],
-                            )
-                        } else {
-                            (window_days, 0.0, 0.0)
-                        }
+                match tally.last_customer {
+                    Some((lc, lt, features)) if lc == c && lt == t => features,
+                    _ => {
+                        let features = customer_features(histories.get(&c), t);
+                        tally.last_customer = Some((c, t, features));
+                        features
                     }
                 }
             }
@@ -739,7 +790,6 @@ pub fn build_feature_files(
     let table = FeatureTable::stored_frame(ids, stored)?;
 
     // Per-product summary and recent contexts (output products only).
-    let last_ym = ym_max;
     let mut summary_rows = Vec::new();
     let mut context_rows: Vec<usize> = Vec::new();
     let mut without_train = 0u64;
@@ -779,7 +829,7 @@ pub fn build_feature_files(
                 .country
                 .map(|c| country_names[c as usize].to_string())
                 .unwrap_or_default(),
-            last_month_quantity: monthly_quantity(p as u32, last_ym),
+            last_month_quantity: months.quantity(p as u32, months.last),
             first_seen: out_ts[rows[0]],
             last_seen: out_ts[rows[rows.len() - 1]],
         });
