@@ -96,6 +96,54 @@ pub struct EncodedColumns {
     columns: HashMap<String, EncodedColumn>,
 }
 
+/// Whether two columns are views of the same memory, chunk by chunk
+/// (values, string data and validity), so equal without comparing their
+/// values: a table's column taken from another table shares its buffers.
+/// `false` does not mean unequal.
+fn same_memory(a: &Column, b: &Column) -> bool {
+    let (Some(a), Some(b)) = (a.as_series(), b.as_series()) else {
+        return false;
+    };
+    a.len() == b.len()
+        && a.chunks().len() == b.chunks().len()
+        && a.chunks()
+            .iter()
+            .zip(b.chunks())
+            .all(|(x, y)| same_array(x.as_ref(), y.as_ref()))
+}
+
+/// [`same_memory`] for one chunk: flat arrays of the data stages' types.
+fn same_array(x: &dyn Array, y: &dyn Array) -> bool {
+    fn same<T>(a: &[T], b: &[T]) -> bool {
+        std::ptr::eq(a, b)
+    }
+    fn primitive<T: polars_arrow::types::NativeType>(x: &dyn Array, y: &dyn Array) -> Option<bool> {
+        let x = x.as_any().downcast_ref::<PrimitiveArray<T>>()?;
+        let y = y.as_any().downcast_ref::<PrimitiveArray<T>>()?;
+        Some(same(&x.values()[..], &y.values()[..]))
+    }
+    let same_validity = match (x.validity(), y.validity()) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            let ((a, a_offset, a_len), (b, b_offset, b_len)) = (a.as_slice(), b.as_slice());
+            same(a, b) && a_offset == b_offset && a_len == b_len
+        }
+        _ => false,
+    };
+    let same_values = if let (Some(x), Some(y)) = (
+        x.as_any().downcast_ref::<Utf8ViewArray>(),
+        y.as_any().downcast_ref::<Utf8ViewArray>(),
+    ) {
+        same(&x.views()[..], &y.views()[..]) && same(&x.data_buffers()[..], &y.data_buffers()[..])
+    } else {
+        primitive::<i64>(x, y)
+            .or_else(|| primitive::<f64>(x, y))
+            .or_else(|| primitive::<i32>(x, y))
+            .unwrap_or(false)
+    };
+    x.len() == y.len() && x.dtype() == y.dtype() && same_validity && same_values
+}
+
 /// One column of [`EncodedColumns`].
 struct EncodedColumn {
     /// Its values, as decoded.
@@ -273,7 +321,7 @@ impl<W: std::io::Write> ParquetChunkWriter<W> {
                         && kept.field == *field
                         && kept.compression == self.options.compression.into()
                         && kept.column.dtype() == column.dtype()
-                        && kept.column.equals_missing(column)
+                        && (same_memory(&kept.column, column) || kept.column.equals_missing(column))
                 })
             })
             .collect()
@@ -535,6 +583,30 @@ mod tests {
         let back = read_parquet(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert!(back.equals_missing(&df), "{back}\n{df}");
         assert_eq!(write_parquet(&df).unwrap_or_else(|e| panic!("{e}")), bytes);
+    }
+
+    #[test]
+    fn columns_share_memory_only_when_taken_from_one_another() {
+        let df = frame(1000, 0);
+        let copy = frame(1000, 0);
+        let sliced = df.slice(1, 999);
+        for name in ["code", "note", "qty", "price", "customer", "ts"] {
+            let column = df.column(name).unwrap_or_else(|e| panic!("{e}"));
+            let taken = df
+                .select([name])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .column(name)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .clone();
+            assert!(same_memory(column, &taken), "{name}");
+            // Equal values in other memory, and a view of other rows.
+            let equal = copy.column(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!same_memory(column, equal), "{name}");
+            assert!(column.equals_missing(equal), "{name}");
+            let other_rows = sliced.column(name).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!same_memory(&column.slice(0, 999), other_rows), "{name}");
+            assert!(same_memory(&column.slice(1, 999), other_rows), "{name}");
+        }
     }
 
     #[test]
