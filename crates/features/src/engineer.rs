@@ -666,8 +666,11 @@ pub fn build_feature_files(
                 })?,
         ),
     };
-    let keep = |i: usize| selected.is_none_or(|p| pid[i] == p);
-    let out_order: Vec<usize> = order.iter().copied().filter(|&i| keep(i)).collect();
+    // The output rows in time order: every row, or the selected product's.
+    let out_order: std::borrow::Cow<'_, [usize]> = match selected {
+        None => (&order[..]).into(),
+        Some(p) => order.iter().copied().filter(|&i| pid[i] == p).collect(),
+    };
     let out_ts: Vec<i64> = out_order.iter().map(|&i| ts[i]).collect();
     let window = window_for(&out_ts, &params.split)?;
 
@@ -680,7 +683,7 @@ pub fn build_feature_files(
     // Each product's output rows (positions in time order), grouped by
     // product, and what the row features and the summary need of them.
     let mut starts = vec![0usize; n_products + 1];
-    for &i in &out_order {
+    for &i in out_order.iter() {
         starts[pid[i] as usize + 1] += 1;
     }
     for p in 0..n_products {

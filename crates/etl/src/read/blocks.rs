@@ -18,6 +18,8 @@ const BLOCK_BYTES: usize = 1 << 20;
 const READ_AHEAD_BLOCKS: usize = 4;
 /// Bytes read from the input at a time.
 const READ_BYTES: usize = 1 << 18;
+/// Bytes per record assumed for a worker's first block (the export's are ~85).
+const FIRST_BYTES_PER_ROW: f64 = 32.0;
 
 /// Why no next block.
 enum SourceError {
@@ -215,18 +217,21 @@ enum BlockError {
 
 type BlockResult = std::result::Result<ParsedBlock, BlockError>;
 
-/// Parses one block of whole records on worker `worker`, into its interners.
+/// Parses one block of whole records on worker `worker`, into its interners;
+/// `expected_rows` sizes the block's row vectors (they grow past it if need be).
 fn parse_block(
     bytes: &[u8],
     layout: &Layout,
     worker: usize,
     interners: &mut [Interner],
+    expected_rows: usize,
 ) -> BlockResult {
     let mut records = Records::new(bytes);
     for interner in interners.iter_mut() {
         interner.column.ids.clear();
+        interner.column.ids.reserve(expected_rows);
     }
-    let mut lines = Vec::new();
+    let mut lines = Vec::with_capacity(expected_rows);
     while let Some(line) = records.next_record() {
         if records.len() == 1 && records.field(0).is_empty() {
             continue; // a record of one empty field (`""`)
@@ -517,13 +522,25 @@ fn parse_csv_in_blocks<R: Read + Send>(
                 workers_scope.spawn(move || {
                     let mut interners: Vec<Interner> =
                         layout.mapping.iter().map(|_| Interner::default()).collect();
+                    // Bytes per record of the worker's last block: each block's
+                    // row vectors are allocated once at about their size instead
+                    // of doubling their way up (every step a fresh copy).
+                    let mut bytes_per_row = FIRST_BYTES_PER_ROW;
                     loop {
                         let next = match block_rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => break,
                         };
                         let Ok((index, bytes)) = next else { break };
-                        let block = parse_block(&bytes, layout, worker, &mut interners);
+                        let expected_rows =
+                            (bytes.len() as f64 / bytes_per_row * 1.05) as usize + 64;
+                        let block =
+                            parse_block(&bytes, layout, worker, &mut interners, expected_rows);
+                        if let Ok(b) = &block
+                            && !b.lines.is_empty()
+                        {
+                            bytes_per_row = bytes.len() as f64 / b.lines.len() as f64;
+                        }
                         // The reading thread may be done: then the buffer is freed.
                         let _ = spare_tx.send(bytes);
                         if done_tx.send((index, block)).is_err() {
