@@ -37,6 +37,7 @@ macro_rules! outln {
 }
 
 mod backtest;
+mod bench_process;
 mod bench_scale;
 mod bench_serve;
 mod fuzz;
@@ -329,8 +330,11 @@ enum Command {
     /// Time the data stages (`bench`), the HTTP API (`bench serve`) or the
     /// stages' growth with the data (`bench scale`).
     Bench {
-        /// What to benchmark: `data` (etl + features), `serve` (the API under
-        /// load) or `scale` (each stage up to `--until` at each of `--rows`).
+        /// What to benchmark: `data` (etl + features, in this process),
+        /// `process` (`pipeline --until` as whole processes on a fresh output
+        /// dir, timed from outside; with `--against`, alternating with
+        /// another build), `serve` (the API under load) or `scale` (each
+        /// stage up to `--until` at each of `--rows`).
         #[arg(default_value = "data")]
         target: String,
         /// `serve`: artifacts of a pipeline run (directory or s3://bucket/prefix).
@@ -400,6 +404,10 @@ enum Command {
         /// Last stage to time.
         #[arg(long, default_value = "features")]
         until: String,
+        /// `process`: another build of xtask, run alternately with this one
+        /// (say the build before a change), for a ratio measured side by side.
+        #[arg(long)]
+        against: Option<PathBuf>,
     },
 }
 
@@ -555,8 +563,22 @@ fn run(command: Command) -> Result<()> {
             raw,
             runs,
             until,
+            against,
         } => match target.as_str() {
             "data" => cmd_bench(raw, runs, &until),
+            "process" => {
+                let params = load_params(None, &[])?;
+                let raw = raw_path(raw, &params)?;
+                check_raw_exists(&raw)?;
+                bench_process::ProcessBench {
+                    raw,
+                    runs,
+                    until: until.parse()?,
+                    against,
+                    trainer,
+                }
+                .run()
+            }
             "scale" => bench_scale::ScaleBench {
                 rows,
                 until: until.parse()?,
@@ -581,7 +603,7 @@ fn run(command: Command) -> Result<()> {
                 shots,
                 processes,
             }),
-            other => bail!("unknown bench `{other}` (expected data, serve or scale)"),
+            other => bail!("unknown bench `{other}` (expected data, process, serve or scale)"),
         },
         Command::LoadModel { out, stockcode } => cmd_load_model(&out, stockcode.as_deref()),
         Command::Releases {

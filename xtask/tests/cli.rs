@@ -236,6 +236,50 @@ fn missing_raw_file_is_a_clear_error() {
 }
 
 #[test]
+fn bench_process_times_whole_runs_alternating_with_another_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = synth(dir.path(), 300);
+    let bench = |against: &str| {
+        xtask(
+            &[
+                "bench",
+                "process",
+                "--raw",
+                raw.to_str().unwrap(),
+                "--runs",
+                "2",
+                "--against",
+                against,
+            ],
+            dir.path(),
+        )
+    };
+    // Against itself: two rows of medians and their ratio.
+    let o = bench(env!("CARGO_BIN_EXE_xtask"));
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` row in {out}"))
+            .to_string()
+    };
+    for name in ["this build", "against"] {
+        let wall: f64 = row(name)
+            .split_whitespace()
+            .find_map(|w| w.parse().ok())
+            .unwrap_or_else(|| panic!("no wall time in {}", row(name)));
+        assert!(wall > 0.0 && wall < 60.0, "{}", row(name));
+        assert!(row(name).contains("MiB"), "{}", row(name));
+    }
+    assert!(out.contains("wall ratio (this build / against):"), "{out}");
+    // A build that is not there is an error before anything runs.
+    let o = bench("no-such-xtask");
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--against no-such-xtask: no such file"));
+}
+
+#[test]
 fn sigkill_mid_run_then_rerun_gives_the_same_artifacts() {
     let dir = tempfile::tempdir().unwrap();
     let raw = synth(dir.path(), 6000);
