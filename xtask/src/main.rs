@@ -566,19 +566,14 @@ fn run(command: Command) -> Result<()> {
             against,
         } => match target.as_str() {
             "data" => cmd_bench(raw, runs, &until),
-            "process" => {
-                let params = load_params(None, &[])?;
-                let raw = raw_path(raw, &params)?;
-                check_raw_exists(&raw)?;
-                bench_process::ProcessBench {
-                    raw,
-                    runs,
-                    until: until.parse()?,
-                    against,
-                    trainer,
-                }
-                .run()
+            "process" => bench_process::ProcessBench {
+                raw: bench_input(raw)?.1,
+                runs,
+                until: until.parse()?,
+                against,
+                trainer,
             }
+            .run(),
             "scale" => bench_scale::ScaleBench {
                 rows,
                 until: until.parse()?,
@@ -1340,10 +1335,17 @@ fn cmd_gen(out: &Path, seed: u64, invoices: usize, products: usize, clean: bool)
     Ok(())
 }
 
-fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
+/// The default params and the export a data benchmark reads (`--raw`, else
+/// `data.raw`), checked to exist.
+fn bench_input(raw: Option<PathBuf>) -> Result<(Params, PathBuf)> {
     let params = load_params(None, &[])?;
     let raw = raw_path(raw, &params)?;
     check_raw_exists(&raw)?;
+    Ok((params, raw))
+}
+
+fn cmd_bench(raw: Option<PathBuf>, runs: usize, until: &str) -> Result<()> {
+    let (params, raw) = bench_input(raw)?;
     let until: Stage = until.parse()?;
     let runs = runs.max(1);
     let dir = tempfile::tempdir()?;
