@@ -18,8 +18,6 @@ const BLOCK_BYTES: usize = 1 << 20;
 const READ_AHEAD_BLOCKS: usize = 4;
 /// Bytes read from the input at a time.
 const READ_BYTES: usize = 1 << 18;
-/// Bytes per record assumed for a worker's first block (the export's are ~85).
-const FIRST_BYTES_PER_ROW: f64 = 32.0;
 
 /// Why no next block.
 enum SourceError {
@@ -49,7 +47,7 @@ impl<R: Read> Blocks<R> {
         block_bytes: usize,
         spare: std::sync::mpsc::Receiver<Vec<u8>>,
     ) -> Self {
-        Self {
+        let mut blocks = Self {
             input,
             block_bytes,
             buf: Vec::new(),
@@ -58,7 +56,9 @@ impl<R: Read> Blocks<R> {
             read: 0,
             max_bytes,
             spare,
-        }
+        };
+        blocks.buf.reserve_exact(blocks.capacity());
+        blocks
     }
 
     /// The next block: at least `block_bytes` of whole records, or the
@@ -74,7 +74,9 @@ impl<R: Read> Blocks<R> {
                 if cut > 0 {
                     let mut rest = self.spare.try_recv().unwrap_or_default();
                     rest.clear();
-                    rest.reserve(self.buf.capacity());
+                    // Exactly: `reserve` would double a smaller spare (the
+                    // header's block is one), and capacities would ratchet up.
+                    rest.reserve_exact(self.capacity());
                     rest.extend_from_slice(&self.buf[cut..]);
                     let mut block = std::mem::replace(&mut self.buf, rest);
                     block.truncate(cut);
@@ -89,6 +91,14 @@ impl<R: Read> Blocks<R> {
             }
             self.at_end = n < READ_BYTES;
         }
+    }
+
+    /// The capacity of a block buffer: a block is cut once it holds
+    /// `block_bytes`, after a read of at most [`READ_BYTES`], so with room
+    /// for both from the start a buffer never doubles (and copies) its way
+    /// up. (Tests read in blocks of up to the whole input: those grow.)
+    fn capacity(&self) -> usize {
+        self.block_bytes.min(BLOCK_BYTES) + READ_BYTES
     }
 
     /// Appends up to [`READ_BYTES`] of input to the buffer (fewer only at
@@ -286,7 +296,10 @@ struct Merged<'a> {
     /// Per column, each merged block's rows as global ids: joined once at
     /// the end, at their final size, instead of growing one vector.
     id_blocks: Vec<Vec<Vec<u32>>>,
-    lines: Vec<u32>,
+    /// Each merged block's line numbers, joined likewise.
+    line_blocks: Vec<Vec<u32>>,
+    /// Rows merged.
+    rows: usize,
     /// Line breaks before the next block.
     line_offset: u64,
 }
@@ -329,14 +342,17 @@ impl Merged<'_> {
             }
             blocks.push(ids);
         }
-        for line in block.lines {
-            self.lines.push(
-                u32::try_from(line + self.line_offset).map_err(|_| EtlError::Csv {
-                    file: self.file.to_string(),
-                    message: "more than 2^32 lines".into(),
-                })?,
-            );
-        }
+        let lines = block
+            .lines
+            .iter()
+            .map(|line| u32::try_from(line + self.line_offset))
+            .collect::<std::result::Result<Vec<u32>, _>>()
+            .map_err(|_| EtlError::Csv {
+                file: self.file.to_string(),
+                message: "more than 2^32 lines".into(),
+            })?;
+        self.rows += lines.len();
+        self.line_blocks.push(lines);
         self.line_offset += block.newlines;
         Ok(())
     }
@@ -385,12 +401,16 @@ impl Merged<'_> {
     }
 
     fn finish(mut self) -> Result<RawTable> {
-        if self.lines.is_empty() {
+        let rows = self.rows;
+        if rows == 0 {
             return Err(EtlError::Empty {
                 file: self.file.to_string(),
             });
         }
-        let rows = self.lines.len();
+        let mut lines = Vec::with_capacity(rows);
+        for block in std::mem::take(&mut self.line_blocks) {
+            lines.extend_from_slice(&block);
+        }
         // A column's blocks are freed as soon as they are joined, so memory
         // holds at most one joined column per core besides the blocks.
         let id_blocks: Vec<std::sync::Mutex<Vec<Vec<u32>>>> = std::mem::take(&mut self.id_blocks)
@@ -421,7 +441,7 @@ impl Merged<'_> {
                 .zip(self.interners)
                 .map(|((col, name, _), interner)| (*col, name.clone(), interner.column))
                 .collect(),
-            lines: self.lines,
+            lines,
         })
     }
 }
@@ -505,7 +525,8 @@ fn parse_csv_in_blocks<R: Read + Send>(
             interners: layout.mapping.iter().map(|_| Interner::default()).collect(),
             global_ids: Vec::new(),
             id_blocks: layout.mapping.iter().map(|_| Vec::new()).collect(),
-            lines: Vec::new(),
+            line_blocks: Vec::new(),
+            rows: 0,
             line_offset,
         };
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
@@ -522,25 +543,19 @@ fn parse_csv_in_blocks<R: Read + Send>(
                 workers_scope.spawn(move || {
                     let mut interners: Vec<Interner> =
                         layout.mapping.iter().map(|_| Interner::default()).collect();
-                    // Bytes per record of the worker's last block: each block's
-                    // row vectors are allocated once at about their size instead
-                    // of doubling their way up (every step a fresh copy).
-                    let mut bytes_per_row = FIRST_BYTES_PER_ROW;
                     loop {
                         let next = match block_rx.lock() {
                             Ok(rx) => rx.recv(),
                             Err(_) => break,
                         };
                         let Ok((index, bytes)) = next else { break };
-                        let expected_rows =
-                            (bytes.len() as f64 / bytes_per_row * 1.05) as usize + 64;
+                        // A block has at most one record per line break (and
+                        // one after the last): its row vectors are allocated
+                        // once at that size instead of doubling their way up,
+                        // every step a fresh copy.
+                        let expected_rows = memchr::memchr_iter(b'\n', &bytes).count() + 1;
                         let block =
                             parse_block(&bytes, layout, worker, &mut interners, expected_rows);
-                        if let Ok(b) = &block
-                            && !b.lines.is_empty()
-                        {
-                            bytes_per_row = bytes.len() as f64 / b.lines.len() as f64;
-                        }
                         // The reading thread may be done: then the buffer is freed.
                         let _ = spare_tx.send(bytes);
                         if done_tx.send((index, block)).is_err() {
@@ -618,6 +633,41 @@ mod tests {
 
     fn table(text: &str, block_bytes: usize) -> Result<RawTable> {
         parse_csv_in_blocks(text.as_bytes(), "t.csv", u64::MAX, block_bytes)
+    }
+
+    /// Block buffers keep one capacity however the spares come back,
+    /// smaller ones (the header's block is a copy of its records) included:
+    /// growing a spare to the last buffer's capacity with `reserve` doubles
+    /// one of more than half that size, and then every buffer after it (on
+    /// the UCI file, up to tens of MiB each and a read 25 times slower).
+    #[test]
+    fn block_buffers_keep_one_capacity() {
+        // Reads are of `READ_BYTES`: enough text for a dozen of them.
+        let one = awkward_csv();
+        let text = one.repeat(12 * READ_BYTES / one.len() + 1);
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel();
+        let mut blocks = Blocks::new(text.as_bytes(), u64::MAX, 4096, spare_rx);
+        let capacity = blocks.capacity();
+        let mut seen = 0;
+        while let Ok(Some(block)) = blocks.next_block() {
+            assert!(
+                block.capacity() <= capacity,
+                "{} > {capacity}",
+                block.capacity()
+            );
+            // Every other spare comes back smaller than a block buffer, but
+            // more than half its size (as the header's block does).
+            let spare = if seen % 2 == 0 {
+                let mut smaller = Vec::with_capacity(capacity * 3 / 4);
+                smaller.extend_from_slice(&block[..100]);
+                smaller
+            } else {
+                block
+            };
+            spare_tx.send(spare).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+        assert!(seen > 10, "{seen} blocks");
     }
 
     #[test]
