@@ -301,8 +301,11 @@ fn parse_price(s: &str) -> Option<f64> {
     s.trim().parse::<f64>().ok().filter(|v| v.is_finite())
 }
 
+/// A date column's timestamps per distinct value (row `i`'s is
+/// `by_id[ids[i]]`: no column of every row's, most of which cleaning
+/// would copy again), and the format that parsed them.
 struct DateColumn {
-    values: Vec<i64>,
+    by_id: Vec<i64>,
     format: &'static str,
 }
 
@@ -323,12 +326,8 @@ fn parse_dates(raw: &RawTable, col: &TextColumn) -> Result<DateColumn> {
             .position(|&id| parsed[id as usize].is_none())
         {
             None => {
-                let values = col
-                    .ids()
-                    .iter()
-                    .map(|&id| parsed[id as usize].unwrap_or_default())
-                    .collect();
-                return Ok(DateColumn { values, format });
+                let by_id = parsed.into_iter().map(Option::unwrap_or_default).collect();
+                return Ok(DateColumn { by_id, format });
             }
             Some(row) => {
                 if best.is_none_or(|(n, _)| row > n) {
@@ -534,7 +533,7 @@ pub fn clean(raw: &RawTable, params: &EtlParams) -> Result<(Transactions, EtlRep
         if descriptions[desc as usize].is_none() {
             description_missing += 1;
         }
-        let ts = dates.values[row];
+        let ts = dates.by_id[date_s.ids()[row] as usize];
 
         let reason = if inv.starts_with(['C', 'c']) {
             Some(DropReason::Cancellation)
