@@ -638,8 +638,9 @@ mod tests {
     /// Block buffers keep one capacity however the spares come back,
     /// smaller ones (the header's block is a copy of its records) included:
     /// growing a spare to the last buffer's capacity with `reserve` doubles
-    /// one of more than half that size, and then every buffer after it (on
-    /// the UCI file, up to tens of MiB each and a read 25 times slower).
+    /// one of more than half that size, and then every buffer after it (a
+    /// first version of the exact capacity did: on the UCI file, buffers of
+    /// tens of MiB and a read 25 times slower).
     #[test]
     fn block_buffers_keep_one_capacity() {
         // Reads are of `READ_BYTES`: enough text for a dozen of them.
