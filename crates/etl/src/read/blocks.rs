@@ -298,8 +298,6 @@ struct Merged<'a> {
     id_blocks: Vec<Vec<Vec<u32>>>,
     /// Each merged block's line numbers, joined likewise.
     line_blocks: Vec<Vec<u32>>,
-    /// Rows merged.
-    rows: usize,
     /// Line breaks before the next block.
     line_offset: u64,
 }
@@ -351,7 +349,6 @@ impl Merged<'_> {
                 file: self.file.to_string(),
                 message: "more than 2^32 lines".into(),
             })?;
-        self.rows += lines.len();
         self.line_blocks.push(lines);
         self.line_offset += block.newlines;
         Ok(())
@@ -401,7 +398,7 @@ impl Merged<'_> {
     }
 
     fn finish(mut self) -> Result<RawTable> {
-        let rows = self.rows;
+        let rows = self.line_blocks.iter().map(Vec::len).sum();
         if rows == 0 {
             return Err(EtlError::Empty {
                 file: self.file.to_string(),
@@ -526,7 +523,6 @@ fn parse_csv_in_blocks<R: Read + Send>(
             global_ids: Vec::new(),
             id_blocks: layout.mapping.iter().map(|_| Vec::new()).collect(),
             line_blocks: Vec::new(),
-            rows: 0,
             line_offset,
         };
         let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
