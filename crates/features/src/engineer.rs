@@ -714,10 +714,12 @@ pub fn build_feature_files(
 
     let window_us = params.customer_window_days * MICROS_PER_DAY;
     let window_days = params.customer_window_days as f64;
+    // A guest's, or a customer's without invoices in the window.
+    let no_history = (window_days, 0.0, 0.0);
     // Recency (days), frequency (invoices) and spend of a customer's
     // invoices in the window before `t`.
     let customer_features = |history: Option<&CustomerHistory>, t: i64| match history {
-        None => (window_days, 0.0, 0.0),
+        None => no_history,
         Some(h) => {
             let hi = h.ts.partition_point(|&x| x < t);
             let lo = h.ts.partition_point(|&x| x < t - window_us);
@@ -729,7 +731,7 @@ pub fn build_feature_files(
                     h.spend_prefix[hi] - h.spend_prefix[lo],
                 )
             } else {
-                (window_days, 0.0, 0.0)
+                no_history
             }
         }
     };
@@ -747,7 +749,7 @@ pub fn build_feature_files(
         let (rel_max, rel_mean, rel_median, _, _) =
             price_features(price, &stats[p as usize].reference);
         let (recency, freq, monetary) = match customer_id(i) {
-            None => (window_days, 0.0, 0.0),
+            None => no_history,
             Some(c) => {
                 tally.registered += 1;
                 match tally.last_customer {
