@@ -286,6 +286,11 @@ async fn every_bad_input_gets_the_right_4xx_with_a_json_error() {
             StatusCode::BAD_REQUEST,
             Some("unitprice_max"),
         ),
+        (
+            format!("/v2/recommendation/{code}?current_price=-1"),
+            StatusCode::BAD_REQUEST,
+            Some("current_price"),
+        ),
         ("/v3/anything".into(), StatusCode::NOT_FOUND, None),
         ("/v1/predict-price/".into(), StatusCode::NOT_FOUND, None),
     ];
@@ -474,6 +479,7 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
     assert_eq!(status, StatusCode::OK, "{rec}");
     let current = rec["current_price"].as_f64().unwrap();
     assert!(current > 0.0);
+    assert_eq!(rec["current_price_source"], "latest sales");
     assert_eq!(rec["basis"], "week");
     assert_eq!(rec["objective"], "revenue");
     let e = &rec["elasticity"]["current"];
@@ -554,6 +560,36 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
     assert!(rec["at_grid_edge"].is_null(), "{rec}");
     if price == lo || price == hi {
         assert_eq!(rec["active_bound"], "max_change", "{rec}");
+    }
+    // The shop's own current price, from its catalogue: the answer, the
+    // grid around it and the "keep the price" candidate follow it.
+    let given = ((current * 1.13) * 100.0).round() / 100.0;
+    let (status, _, rec) = call(
+        &router,
+        get(&format!(
+            "/v2/recommendation/{code}?max_change=0.1&current_price={given}"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{rec}");
+    assert_eq!(rec["current_price"].as_f64(), Some(given), "{rec}");
+    assert_eq!(rec["current_price_source"], "request");
+    let prices: Vec<f64> = rec["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["unit_price"].as_f64().unwrap())
+        .collect();
+    assert!(prices.contains(&given), "{given} not in {prices:?}");
+    let (lo, hi) = (prices[0], prices[prices.len() - 1]);
+    assert!(
+        lo >= 0.9 * given - 1e-9 && hi <= 1.1 * given + 1e-9,
+        "{lo}..{hi} around {given}"
+    );
+    let price = rec["optimal_unit_price"].as_f64().unwrap();
+    let uplift = rec["uplift"]["absolute"]["value"].as_f64().unwrap();
+    if price == given {
+        assert!(uplift.abs() < 1e-9, "{rec}");
     }
     // A minimum margin above what the grid allows is a clear 400.
     let (status, _, err) = call(

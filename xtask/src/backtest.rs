@@ -44,6 +44,10 @@ pub struct Backtest {
     /// top of the backtest's params ([`pipeline::smoke_params`]): how a
     /// setting is judged by the prices it recommends.
     pub set: Vec<String>,
+    /// Leave the current price to the recommender (the list price of the
+    /// product's latest sales lines) instead of telling it the shop's usual
+    /// price, as a catalogue would.
+    pub infer_current_price: bool,
 }
 
 /// One product's scores.
@@ -137,7 +141,12 @@ fn captured(value: impl Fn(f64) -> f64, usual: f64, best: f64, recommended: f64)
 }
 
 /// Runs the pipeline on one market and scores every product.
-fn score(market: &Market, dir: &std::path::Path, params: &lineage::Params) -> Result<MarketScore> {
+fn score(
+    market: &Market,
+    dir: &std::path::Path,
+    params: &lineage::Params,
+    infer_current_price: bool,
+) -> Result<MarketScore> {
     let raw = dir.join("market.csv");
     std::fs::write(&raw, &market.data.csv)?;
     let store = lineage::LocalStore::new(dir.join("store"))?;
@@ -146,7 +155,14 @@ fn score(market: &Market, dir: &std::path::Path, params: &lineage::Params) -> Re
     let recommender = Recommender::load(&store)?;
     let mut per_product = Vec::new();
     for p in &market.products {
+        // The shop knows what it charges now (its usual price), as a
+        // catalogue would tell the recommender.
         let ask = |request: PriceRequest| -> Result<recommend::Recommendation> {
+            let request = if infer_current_price {
+                request
+            } else {
+                request.current_price(p.usual_price)
+            };
             Ok(recommender.recommend(&request)?)
         };
         let week = ask(PriceRequest::new(&p.stock_code).basis(Basis::Week))?;
@@ -245,7 +261,7 @@ pub fn run(opts: &Backtest) -> Result<Vec<MarketScore>> {
             });
             let dir = root.join(format!("{}-{seed}", shape.name()));
             std::fs::create_dir_all(&dir)?;
-            let s = score(&market, &dir, &params)
+            let s = score(&market, &dir, &params, opts.infer_current_price)
                 .with_context(|| format!("{} seed {seed}", shape.name()))?;
             if !opts.json {
                 outln!(
@@ -317,6 +333,7 @@ mod tests {
             out: None,
             json: true,
             set: Vec::new(),
+            infer_current_price: false,
         };
         let scores = run(&opts).unwrap_or_else(|e| panic!("{e:#}"));
         let [market] = scores.as_slice() else {

@@ -295,6 +295,11 @@ enum Command {
         /// response.decision_quantile=0.2` (TOML value).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Let the recommender infer each product's current price from its
+        /// latest sales lines instead of being told the shop's price, as a
+        /// request without `current_price` does.
+        #[arg(long)]
+        infer_current_price: bool,
     },
     /// Run the cargo-fuzz targets (CSV rows, request parameters, params) on
     /// their corpora in `fuzz/corpus` (nightly and cargo-fuzz needed).
@@ -659,6 +664,7 @@ fn run(command: Command) -> Result<()> {
             out,
             json,
             set,
+            infer_current_price,
         } => {
             let shapes = if shapes.iter().any(|s| s == "all") {
                 etl::synth::market::DemandShape::ALL.to_vec()
@@ -676,6 +682,7 @@ fn run(command: Command) -> Result<()> {
                 out,
                 json,
                 set,
+                infer_current_price,
             })?;
             Ok(())
         }

@@ -174,6 +174,10 @@ pub struct Estimate {
     pub hi: f64,
 }
 
+fn latest_sales() -> String {
+    "latest sales".into()
+}
+
 /// Expected gain of the recommended price over the current one.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Uplift {
@@ -236,8 +240,13 @@ pub struct Recommendation {
     pub objective: Objective,
     /// On which basis.
     pub basis: Basis,
-    /// The product's current price (the median of its latest sales).
+    /// The price the uplift is measured from: the request's
+    /// `current_price`, or else the list price (90th percentile) of the
+    /// product's latest sales lines.
     pub current_price: f64,
+    /// Where it came from: `request` or `latest sales`.
+    #[serde(default = "latest_sales")]
+    pub current_price_source: String,
     /// The unit cost used, if any.
     pub unit_cost: Option<f64>,
     /// Where it came from: `request` or `costs file`.
@@ -686,7 +695,13 @@ impl Recommender {
                 reason: format!("no price response for {}", request.stockcode),
             })
         })?;
-        let mut grid = request.grid(product, response.current_price)?;
+        // The current price: the catalogue's, when the request gives it;
+        // otherwise the list price of the product's latest sales lines.
+        let (current, current_price_source) = match request.current_price {
+            Some(p) => (p, "request"),
+            None => (response.current_price, "latest sales"),
+        };
+        let mut grid = request.grid(product, current)?;
         let mut candidates = candidate_prices(&grid, request.price_ending)?;
         // The answer reports the grid as searched: its ends on whole pence
         // (6.36, not the bound 6.369000000000001) and as many prices as
@@ -697,7 +712,7 @@ impl Recommender {
             grid.num_price_bins = candidates.len();
         }
         if request.price_ending.is_none() {
-            snap_to_current(&mut candidates, response.current_price);
+            snap_to_current(&mut candidates, current);
         }
         let (unit_cost, unit_cost_source) = match (request.unit_cost, response.unit_cost) {
             (Some(c), _) => (Some(c), Some("request".to_string())),
@@ -727,7 +742,7 @@ impl Recommender {
         let mut failovers = Vec::new();
         let mut level = None;
         for serving in &self.models {
-            match self.line_levels(serving, request, response.current_price, product, &contexts) {
+            match self.line_levels(serving, request, current, product, &contexts) {
                 Ok(levels) => {
                     level = Some((serving.kind, levels));
                     break;
@@ -768,6 +783,8 @@ impl Recommender {
             line_level,
             unit_cost,
             unit_cost_source,
+            current,
+            current_price_source,
             contexts: contexts.len(),
             kind,
             failovers,
@@ -864,6 +881,8 @@ impl Recommender {
             line_level,
             unit_cost,
             unit_cost_source,
+            current,
+            current_price_source,
             contexts,
             kind,
             failovers,
@@ -873,7 +892,6 @@ impl Recommender {
             Objective::Revenue => 0.0,
             Objective::Profit => unit_cost.unwrap_or(0.0),
         };
-        let current = response.current_price;
         let band = self.response.weekly_band;
         let (observed_lo, observed_hi) = response.price_range;
         // The feasible interval from the request's bounds.
@@ -1110,6 +1128,7 @@ impl Recommender {
             objective: request.objective,
             basis,
             current_price: current,
+            current_price_source: current_price_source.to_string(),
             unit_cost,
             unit_cost_source,
             uplift,
@@ -1160,6 +1179,8 @@ struct Decision<'a> {
     line_level: Level,
     unit_cost: Option<f64>,
     unit_cost_source: Option<String>,
+    current: f64,
+    current_price_source: &'static str,
     contexts: usize,
     kind: ModelKind,
     failovers: Vec<Failover>,

@@ -10,7 +10,7 @@ use crate::{PriceGrid, RecommendError, Result};
 pub const DEFAULT_PRICE_BINS: usize = 100;
 /// The parameters [`PriceRequest::from_pairs`] accepts (the pricing routes'
 /// query, and the fields of the JSON body besides the stock code).
-pub const QUERY_PARAMETERS: [&str; 11] = [
+pub const QUERY_PARAMETERS: [&str; 12] = [
     "unitprice_min",
     "unitprice_max",
     "num_price_bins",
@@ -22,6 +22,7 @@ pub const QUERY_PARAMETERS: [&str; 11] = [
     "max_change",
     "price_ending",
     "min_margin",
+    "current_price",
 ];
 /// Fewest candidate prices a request may ask for.
 pub const MIN_PRICE_BINS: usize = 2;
@@ -70,6 +71,10 @@ pub struct PriceRequest {
     pub price_ending: Option<PriceEnding>,
     /// Smallest margin `(price − cost) / price`, as a fraction.
     pub min_margin: Option<f64>,
+    /// The price charged now, as the shop's catalogue has it (default: the
+    /// list price of the product's latest sales lines). The uplift, the
+    /// "keep the price" candidate and `max_change` are relative to it.
+    pub current_price: Option<f64>,
 }
 
 /// What a recommendation maximises.
@@ -157,6 +162,7 @@ impl PriceRequest {
             max_change: None,
             price_ending: None,
             min_margin: None,
+            current_price: None,
         }
     }
 
@@ -164,6 +170,13 @@ impl PriceRequest {
     pub fn profit(mut self, unit_cost: f64) -> Self {
         self.objective = Objective::Profit;
         self.unit_cost = Some(unit_cost);
+        self
+    }
+
+    /// Prices from this current price instead of the one inferred from the
+    /// product's latest sales.
+    pub fn current_price(mut self, price: f64) -> Self {
+        self.current_price = Some(price);
         self
     }
 
@@ -258,6 +271,7 @@ impl PriceRequest {
                 "unit_cost" => req.unit_cost = Some(parse_number(parameter, value)?),
                 "max_change" => req.max_change = Some(parse_number(parameter, value)?),
                 "min_margin" => req.min_margin = Some(parse_number(parameter, value)?),
+                "current_price" => req.current_price = Some(parse_price(parameter, value)?),
                 _ => {
                     req.price_ending = Some(match value {
                         "99" | ".99" | "0.99" => PriceEnding::Ninety9,
@@ -338,6 +352,7 @@ impl PriceRequest {
         for (name, v) in [
             ("unitprice_min", self.unitprice_min),
             ("unitprice_max", self.unitprice_max),
+            ("current_price", self.current_price),
         ] {
             if let Some(v) = v {
                 check_price(name, v)?;
@@ -472,7 +487,7 @@ impl PriceRequest {
     pub fn cache_key(&self) -> String {
         let bound = |v: Option<f64>| v.map_or_else(|| "auto".to_string(), |v| format!("{v:?}"));
         format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}|{}|{}|{}|{}",
             self.stockcode,
             bound(self.unitprice_min),
             bound(self.unitprice_max),
@@ -489,6 +504,7 @@ impl PriceRequest {
             bound(self.max_change),
             self.price_ending.map_or("*", PriceEnding::name),
             bound(self.min_margin),
+            bound(self.current_price),
         )
     }
 }
@@ -617,6 +633,10 @@ mod tests {
         };
         assert_eq!(r.cache_key(), other_customer.cache_key());
         assert_ne!(r.cache_key(), PriceRequest::new("85123A").cache_key());
+        // The catalogue's current price changes the answer, so the key.
+        let priced = PriceRequest::from_pairs("85123A", [("current_price", "2.95")]).unwrap();
+        assert_eq!(priced.current_price, Some(2.95));
+        assert_ne!(priced.cache_key(), PriceRequest::new("85123A").cache_key());
         // Empty values mean "default".
         let d = PriceRequest::from_pairs("85123A", [("unitprice_min", "")]).unwrap();
         assert_eq!(d, PriceRequest::new("85123A"));

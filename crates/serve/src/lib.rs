@@ -754,6 +754,10 @@ pub struct PricingQuery {
     price_ending: Option<recommend::PriceEnding>,
     /// Lowest margin (price − cost) / price allowed.
     min_margin: Option<f64>,
+    /// The price charged now, from the shop's catalogue (default: the list
+    /// price of the product's latest sales lines); the uplift, the "keep the
+    /// price" candidate and `max_change` are relative to it.
+    current_price: Option<f64>,
 }
 
 /// The body of `POST /invocations`: the stock code and the pricing query's
