@@ -214,12 +214,16 @@ async fn the_console_finds_a_product_shows_its_curves_and_follows_the_objective(
         .unwrap();
     c.set_window_size(1280, 1000).await.unwrap();
 
-    // Profit with a unit cost: the answer updates to the /v2 answer for it.
+    // Profit with a unit cost, from the catalogue's current price: the
+    // answer updates to the /v2 answer for them.
     let objective = browser.wait_for("#objective", 5).await.unwrap();
     objective.select_by_value("profit").await.unwrap();
     let cost = browser.wait_for("#unit_cost", 5).await.unwrap();
     cost.clear().await.unwrap();
     cost.send_keys("1.5").await.unwrap();
+    let current = browser.wait_for("#current_price", 5).await.unwrap();
+    current.clear().await.unwrap();
+    current.send_keys("2.5").await.unwrap();
     browser
         .wait_for("#controls button[type=submit]", 5)
         .await
@@ -228,7 +232,7 @@ async fn the_console_finds_a_product_shows_its_curves_and_follows_the_objective(
         .await
         .unwrap();
     wait_product(&browser, "Profit").await;
-    let profit = v2(&app, "?objective=profit&unit_cost=1.5").await;
+    let profit = v2(&app, "?objective=profit&unit_cost=1.5&current_price=2.5").await;
     let shown: f64 = attr(&browser, "#recommended-price", "data-value")
         .await
         .unwrap()
@@ -238,6 +242,12 @@ async fn the_console_finds_a_product_shows_its_curves_and_follows_the_objective(
     assert_eq!(
         attr(&browser, "#unit-cost", "data-value").await.as_deref(),
         Some("1.5")
+    );
+    assert_eq!(
+        attr(&browser, "#current-price", "data-value")
+            .await
+            .as_deref(),
+        Some("2.5")
     );
     let url = browser
         .wait_for("#url-v1", 5)
@@ -249,7 +259,7 @@ async fn the_console_finds_a_product_shows_its_curves_and_follows_the_objective(
         .unwrap();
     assert_eq!(
         url,
-        format!("{base}/v1/predict-price/{CODE}?objective=profit&unit_cost=1.5")
+        format!("{base}/v1/predict-price/{CODE}?objective=profit&unit_cost=1.5&current_price=2.5")
     );
 
     // A phone-width window shows the same answer, laid out in one column.

@@ -5,7 +5,7 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const PARAMS = ["objective", "basis", "unit_cost", "min_margin", "max_change",
+const PARAMS = ["objective", "basis", "unit_cost", "min_margin", "current_price", "max_change",
   "unitprice_min", "unitprice_max", "num_price_bins", "price_ending"];
 
 function fmt(x, d = 2) {
@@ -158,7 +158,7 @@ function renderRecommendation(r) {
   $("product-title").textContent = `${r.stockcode} — ${r.description}`;
   const obj = r.objective;
   const rows = [
-    ["Current price", money(r.current_price), "current-price", r.current_price],
+    ["Current price", money(r.current_price) + (r.current_price_source ? ` (${r.current_price_source})` : ""), "current-price", r.current_price],
     ["Recommended price", money(r.optimal_unit_price), "recommended-price", r.optimal_unit_price],
     [`Expected uplift (${obj}, ${weekly ? "per week" : "per line"})`,
       `${fmt(r.uplift.absolute.value)} [${fmt(r.uplift.absolute.lo)}, ${fmt(r.uplift.absolute.hi)}]`, "uplift", r.uplift.absolute.value],
