@@ -29,6 +29,16 @@ fn product() -> String {
         .clone()
 }
 
+/// The candidate prices of a `/v2` answer's curve, in order.
+fn curve_prices(rec: &Value) -> Vec<f64> {
+    rec["curve"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["unit_price"].as_f64().unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn v1_returns_the_original_rows_with_one_optimal_price_in_the_grid() {
     let router = default_app().router();
@@ -546,12 +556,7 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
         "{hi} for an upper bound of {}",
         1.1 * current
     );
-    let prices: Vec<f64> = rec["curve"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["unit_price"].as_f64().unwrap())
-        .collect();
+    let prices = curve_prices(&rec);
     assert_eq!(prices.len(), 100);
     assert_eq!((prices[0], prices[99]), (lo, hi));
     assert_eq!(rec["grid"]["num_price_bins"], 100);
@@ -574,12 +579,7 @@ async fn v2_says_current_price_uplift_bounds_and_elasticity() {
     assert_eq!(status, StatusCode::OK, "{rec}");
     assert_eq!(rec["current_price"].as_f64(), Some(given), "{rec}");
     assert_eq!(rec["current_price_source"], "request");
-    let prices: Vec<f64> = rec["curve"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["unit_price"].as_f64().unwrap())
-        .collect();
+    let prices = curve_prices(&rec);
     assert!(prices.contains(&given), "{given} not in {prices:?}");
     let (lo, hi) = (prices[0], prices[prices.len() - 1]);
     assert!(
