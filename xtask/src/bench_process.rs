@@ -8,7 +8,9 @@
 //! `--against BINARY` (another build of xtask) the two alternate run for
 //! run, so the machine's drift (the same binary's median went from 0.295
 //! to 0.469 s over two hours on this VM) reaches both alike; the ratio is
-//! the figure to quote.
+//! the figure to quote. `--against-command CMD` does the same with another
+//! system's command for the same work (the original Python pipeline's ETL,
+//! say), run by `sh -c` and timed the same way.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,8 @@ pub struct ProcessBench {
     pub until: Stage,
     /// Another xtask build, run alternately with this one.
     pub against: Option<PathBuf>,
+    /// Another system's command (`sh -c`), run alternately with this build.
+    pub against_command: Option<String>,
     /// The MLP trainer the runs use when they reach the models stage.
     pub trainer: Option<PathBuf>,
 }
@@ -45,18 +49,39 @@ struct Sample {
     peak_mib: Option<f64>,
 }
 
+/// What one timed run starts.
+#[derive(Debug, Clone, PartialEq)]
+enum Contender {
+    /// An xtask build: `pipeline --until STAGE` on a fresh output dir.
+    Xtask(PathBuf),
+    /// Another system's command line, run by `sh -c`.
+    Shell(String),
+}
+
 impl ProcessBench {
     /// Runs the benchmark and prints medians per build (and their ratio).
     pub fn run(&self) -> Result<()> {
         let mut builds = vec![(
             "this build".to_string(),
-            std::env::current_exe().context("finding this xtask binary")?,
+            Contender::Xtask(std::env::current_exe().context("finding this xtask binary")?),
         )];
         if let Some(other) = &self.against {
             if !other.is_file() {
                 bail!("--against {}: no such file", other.display());
             }
-            builds.push((format!("against {}", other.display()), other.clone()));
+            builds.push((
+                format!("against {}", other.display()),
+                Contender::Xtask(other.clone()),
+            ));
+        }
+        if let Some(command) = &self.against_command {
+            if command.trim().is_empty() {
+                bail!("--against-command: the command is empty");
+            }
+            builds.push((
+                format!("against `{command}`"),
+                Contender::Shell(command.clone()),
+            ));
         }
         let runs = self.runs.max(1);
         let dir = tempfile::tempdir()?;
@@ -75,8 +100,8 @@ impl ProcessBench {
         );
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); builds.len()];
         for run in 0..=runs {
-            for (i, (_, binary)) in builds.iter().enumerate() {
-                let sample = self.once(binary, &out, &log)?;
+            for (i, (_, contender)) in builds.iter().enumerate() {
+                let sample = self.once(contender, &out, &log)?;
                 if run > 0 {
                     samples[i].push(sample);
                 }
@@ -110,43 +135,59 @@ impl ProcessBench {
             );
             walls.push(wall);
         }
-        if let [this, other] = walls[..] {
-            outln!("  wall ratio (this build / against): {:.3}", this / other);
+        if let Some((this, others)) = walls.split_first() {
+            for ((name, _), other) in builds.iter().skip(1).zip(others) {
+                outln!(
+                    "  wall ratio (this build / {name}): {:.3}, {:.1}x as fast",
+                    this / other,
+                    other / this
+                );
+            }
         }
         Ok(())
     }
 
-    /// One run of `binary` on a fresh `out`.
-    fn once(&self, binary: &Path, out: &Path, log: &Path) -> Result<Sample> {
+    /// One run of `contender` (an xtask build on a fresh `out`).
+    fn once(&self, contender: &Contender, out: &Path, log: &Path) -> Result<Sample> {
         if out.exists() {
             std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
         }
+        let (mut cmd, what) = match contender {
+            Contender::Xtask(binary) => {
+                let mut cmd = Command::new(binary);
+                if let Some(trainer) = &self.trainer {
+                    cmd.env(models::TRAINER_ENV, trainer);
+                }
+                cmd.arg("pipeline")
+                    .arg("--raw")
+                    .arg(&self.raw)
+                    .arg("--out")
+                    .arg(out)
+                    .args(["--until", self.until.name()]);
+                (cmd, binary.display().to_string())
+            }
+            Contender::Shell(line) => {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c").arg(line);
+                (cmd, format!("`{line}`"))
+            }
+        };
         let before = children_usage();
         let started = Instant::now();
-        let mut cmd = Command::new(binary);
-        if let Some(trainer) = &self.trainer {
-            cmd.env(models::TRAINER_ENV, trainer);
-        }
         let mut child = cmd
-            .arg("pipeline")
-            .arg("--raw")
-            .arg(&self.raw)
-            .arg("--out")
-            .arg(out)
-            .args(["--until", self.until.name()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(log)?)
             .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+            .with_context(|| format!("starting {what}"))?;
         let pid = child.id();
         let done = AtomicBool::new(false);
         let (status, peak_mib) = std::thread::scope(|s| {
             let sampler = s.spawn(|| {
-                let mut peak = None;
+                let mut peak: Option<f64> = None;
                 while !done.load(Ordering::Relaxed) {
-                    if let Some(mib) = crate::bench_serve::peak_rss_mib(pid) {
-                        peak = Some(mib);
+                    if let Some(mib) = tree_peak_mib(pid) {
+                        peak = Some(peak.map_or(mib, |p| p.max(mib)));
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -157,13 +198,12 @@ impl ProcessBench {
             (status, sampler.join().ok().flatten())
         });
         let wall = started.elapsed().as_secs_f64();
-        let status = status.with_context(|| format!("waiting for {}", binary.display()))?;
+        let status = status.with_context(|| format!("waiting for {what}"))?;
         if !status.success() {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             bail!(
-                "{} pipeline failed ({status}): {}",
-                binary.display(),
+                "{what} failed ({status}): {}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             );
         }
@@ -179,6 +219,35 @@ impl ProcessBench {
             peak_mib,
         })
     }
+}
+
+/// The largest peak resident memory (`VmHWM`, MiB) of `pid` and its
+/// descendants now: another system's command runs under `sh`, which forks
+/// the program that does the work.
+fn tree_peak_mib(pid: u32) -> Option<f64> {
+    let mut peak = crate::bench_serve::peak_rss_mib(pid);
+    for child in child_pids(pid) {
+        if let Some(mib) = tree_peak_mib(child) {
+            peak = Some(peak.map_or(mib, |p| p.max(mib)));
+        }
+    }
+    peak
+}
+
+/// The children of every thread of `pid` (`/proc/PID/task/TID/children`).
+fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 /// The CPU time and minor faults of this process's reaped children.
@@ -236,6 +305,45 @@ mod tests {
         );
         assert_eq!(parse_children_usage("1234 (x) S 1 2"), None);
         assert_eq!(parse_children_usage("no parenthesis"), None);
+    }
+
+    /// Another system's command is timed like a build, and its failure is
+    /// reported with what it printed, not timed.
+    #[test]
+    fn another_systems_command_is_timed_and_its_failure_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let bench = ProcessBench {
+            raw: dir.path().join("unused.csv"),
+            runs: 1,
+            until: Stage::Features,
+            against: None,
+            against_command: None,
+            trainer: None,
+        };
+        let (out, log) = (dir.path().join("run"), dir.path().join("log"));
+        std::fs::create_dir(&out).unwrap();
+        let sample = bench
+            .once(&Contender::Shell("sleep 0.05".into()), &out, &log)
+            .unwrap();
+        assert!(sample.wall >= 0.05, "{sample:?}");
+        // The work is done by `sh`'s child (`; true` keeps `sh` from
+        // exec-ing it): its 100 MiB are in the peak, not only `sh`'s own.
+        let big = "python3 -c 'b = b\"x\" * (100 << 20); import time; time.sleep(0.2)'; true";
+        let sample = bench
+            .once(&Contender::Shell(big.into()), &out, &log)
+            .unwrap();
+        assert!(sample.peak_mib.is_some_and(|m| m >= 100.0), "{sample:?}");
+        assert!(!out.exists(), "the output dir is fresh for every run");
+        let err = bench
+            .once(
+                &Contender::Shell("echo no such file >&2; exit 3".into()),
+                &out,
+                &log,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no such file"), "{err}");
+        assert!(err.contains("exit status: 3"), "{err}");
     }
 
     #[test]

@@ -337,8 +337,9 @@ enum Command {
     Bench {
         /// What to benchmark: `data` (etl + features, in this process),
         /// `process` (`pipeline --until` as whole processes on a fresh output
-        /// dir, timed from outside; with `--against`, alternating with
-        /// another build), `serve` (the API under load) or `scale` (each
+        /// dir, timed from outside; with `--against` or `--against-command`,
+        /// alternating with another build or another system's command),
+        /// `serve` (the API under load) or `scale` (each
         /// stage up to `--until` at each of `--rows`).
         #[arg(default_value = "data")]
         target: String,
@@ -413,6 +414,12 @@ enum Command {
         /// (say the build before a change), for a ratio measured side by side.
         #[arg(long)]
         against: Option<PathBuf>,
+        /// `process`: another system's command for the same work (run by
+        /// `sh -c`, in the working directory it names with `cd`), run
+        /// alternately with this build and timed the same way: say the
+        /// original Python pipeline's ETL.
+        #[arg(long)]
+        against_command: Option<String>,
     },
 }
 
@@ -569,6 +576,7 @@ fn run(command: Command) -> Result<()> {
             runs,
             until,
             against,
+            against_command,
         } => match target.as_str() {
             "data" => cmd_bench(raw, runs, &until),
             "process" => bench_process::ProcessBench {
@@ -576,6 +584,7 @@ fn run(command: Command) -> Result<()> {
                 runs,
                 until: until.parse()?,
                 against,
+                against_command,
                 trainer,
             }
             .run(),
