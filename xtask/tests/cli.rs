@@ -272,7 +272,10 @@ fn bench_process_times_whole_runs_alternating_with_another_build() {
         assert!(wall > 0.0 && wall < 60.0, "{}", row(name));
         assert!(row(name).contains("MiB"), "{}", row(name));
     }
-    assert!(out.contains("wall ratio (this build / against):"), "{out}");
+    assert!(
+        out.contains("wall ratio (this build / against ") && out.contains("x as fast"),
+        "{out}"
+    );
     // A build that is not there is an error before anything runs.
     let o = bench("no-such-xtask");
     assert!(!o.status.success());
