@@ -226,28 +226,12 @@ impl ProcessBench {
 /// the program that does the work.
 fn tree_peak_mib(pid: u32) -> Option<f64> {
     let mut peak = crate::bench_serve::peak_rss_mib(pid);
-    for child in child_pids(pid) {
+    for child in crate::bench_serve::child_pids(pid) {
         if let Some(mib) = tree_peak_mib(child) {
             peak = Some(peak.map_or(mib, |p| p.max(mib)));
         }
     }
     peak
-}
-
-/// The children of every thread of `pid` (`/proc/PID/task/TID/children`).
-fn child_pids(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 /// The CPU time and minor faults of this process's reaped children.

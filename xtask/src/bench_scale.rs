@@ -74,22 +74,6 @@ struct Cell {
     peak_mib: f64,
 }
 
-/// The child processes of `pid` (Linux: `/proc/PID/task/*/children`).
-fn children(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
 /// Runs `cmd`, sampling the child's `VmHWM` (and, while it has children
 /// of its own, its resident memory plus theirs); wall time and peak RSS.
 fn measure(cmd: &mut Command) -> Result<(f64, f64)> {
@@ -103,7 +87,7 @@ fn measure(cmd: &mut Command) -> Result<(f64, f64)> {
         }
         // The stage's own children (the MLP trainer) count too: their
         // resident memory now, added to the stage's.
-        let children: f64 = children(pid)
+        let children: f64 = crate::bench_serve::child_pids(pid)
             .into_iter()
             .filter_map(crate::bench_serve::rss_mib)
             .sum();

@@ -262,6 +262,22 @@ pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
     proc_status_mib(pid, "VmRSS")
 }
 
+/// The child processes of `pid` (Linux: `/proc/PID/task/*/children`).
+pub(crate) fn child_pids(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 /// Runs the benchmark and prints its figures.
 pub fn run(opts: &ServeBench) -> Result<()> {
     match opts.mode.as_str() {
